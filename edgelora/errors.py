@@ -1,0 +1,89 @@
+"""One error hierarchy. The library raises; only the CLI formats.
+
+Every message is one line that names the file or field at fault and the reason,
+so that ``str(err)`` is what a user reads.
+"""
+
+from __future__ import annotations
+
+
+class EdgeloraError(Exception):
+    """Root of every error edgelora raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(EdgeloraError):
+    """edgelora.toml is missing, malformed, or a field is invalid."""
+
+
+class DataError(EdgeloraError):
+    """A dataset file is malformed; the message carries file:line."""
+
+
+class BaseModelError(EdgeloraError):
+    """The base model cannot be found, read, or trusted."""
+
+
+class LockMismatch(BaseModelError):
+    """A base file's sha256 differs from the one pinned in edgelora.lock."""
+
+
+class UnsafeWeightsError(BaseModelError):
+    """Pickle-based weights (.bin/.pt/.pth/.ckpt/.pkl) are refused."""
+
+
+class NotInCacheError(BaseModelError):
+    """Offline and the local Hugging Face cache lacks a file."""
+
+
+class AdapterMismatch(EdgeloraError):
+    """The LoRA adapter does not fit the base model."""
+
+
+class UnsupportedArchitecture(EdgeloraError):
+    """No registered GGUF architecture handles this model."""
+
+
+class UnknownTokenizer(EdgeloraError):
+    """The tokenizer's pre-tokenizer hash is not one llama.cpp knows."""
+
+
+class ConversionError(EdgeloraError):
+    """GGUF conversion failed."""
+
+
+class FidelityError(EdgeloraError):
+    """A numerical check between two pipeline steps failed."""
+
+
+class QuantizeError(EdgeloraError):
+    """llama.cpp's quantizer failed."""
+
+
+class TrainingError(EdgeloraError):
+    """Training could not run or did not produce an adapter."""
+
+
+class ModelfileError(EdgeloraError):
+    """A Modelfile cannot be rendered safely."""
+
+
+class BundleError(EdgeloraError):
+    """A bundle cannot be written."""
+
+
+class VerifyError(EdgeloraError):
+    """A bundle failed verification."""
+
+
+class PluginError(EdgeloraError):
+    """A plugin failed to load or registered something twice."""
+
+
+class PlanError(EdgeloraError):
+    """Several problems found at once by ``edgelora plan``."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__(f"{len(self.problems)} problem(s): " + "; ".join(self.problems))
