@@ -1,0 +1,268 @@
+"""Typed project configuration, loaded from ``edgelora.toml``.
+
+Every field carries a help string (``metadata["help"]``); ``edgelora init`` writes
+them into the scaffolded file as comments, so the file documents itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from .errors import ConfigError
+
+CONFIG_NAME = "edgelora.toml"
+
+
+def _f(default, help: str, **kw):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    name: str = _f("my-model", "Model name: bundle is dist/<name>-<version>/, lower-case letters, digits, '-', '_', '.'.")
+    version: str = _f("0.1.0", "Bundle version (semantic version); install refuses to go backwards.")
+
+
+@dataclass(frozen=True)
+class BaseConfig:
+    source: str = _f("embedded", "Where the base model comes from: 'embedded', 'local', 'hf' or 'gguf'.")
+    name: str = _f("smollm2-135m-instruct", "For source='embedded': which embedded model.")
+    path: str = _f("", "For source='local' (a directory) or 'gguf' (a .gguf file): path, relative to the project.")
+    repo: str = _f("", "For source='hf': the Hugging Face repo id, e.g. 'HuggingFaceTB/SmolLM2-135M-Instruct'.")
+    revision: str = _f("", "For source='hf': the exact 40-hex commit; branches and tags are refused.")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: str = _f("data/train.jsonl", "Chat JSONL file or folder of them: {\"messages\": [{\"role\", \"content\"}, ...]}.")
+    heldout: str = _f("", "Optional held-out JSONL; when empty, eval_fraction of train is held out.")
+    eval_fraction: float = _f(0.1, "Share of train held out for eval loss when no held-out file is given.")
+    probes: str = _f("", "Optional JSONL of differently phrased conversations, scored like held-out.")
+    max_seq_length: int = _f(256, "Examples are truncated to this many tokens (reported in the data report).")
+    seed: int = _f(0, "Seed for the held-out split and shuffling.")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    r: int = _f(16, "LoRA rank.")
+    alpha: int = _f(32, "LoRA alpha; the merge scale is alpha/r (alpha/sqrt(r) with rslora).")
+    dropout: float = _f(0.05, "LoRA dropout.")
+    target_modules: list = _f(["all-linear"], "Modules to adapt; 'all-linear' means every Linear but lm_head.")
+    learning_rate: float = _f(2e-4, "Peak learning rate (cosine schedule with warmup).")
+    epochs: float = _f(3.0, "Passes over the training data (2-4 is the usual advice).")
+    max_steps: int = _f(0, "Stop after this many optimizer steps (0: no limit).")
+    max_seconds: int = _f(0, "Stop training cleanly after this many seconds (0: no limit).")
+    batch_size: int = _f(8, "Micro-batch size.")
+    grad_accum: int = _f(1, "Gradient accumulation steps.")
+    warmup_ratio: float = _f(0.05, "Share of steps spent warming up the learning rate.")
+    eval_every: int = _f(20, "Eval loss every N optimizer steps; the best adapter by eval loss is kept.")
+    seed: int = _f(0, "Training seed.")
+    device: str = _f("auto", "'auto' (CUDA if present), 'cuda' or 'cpu'.")
+    quantization: str = _f("auto", "'auto' (NF4 QLoRA on CUDA, none on CPU), 'nf4' or 'none'.")
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    max_abs_logit_diff: float = _f(1e-2, "Alpha check: max |logit difference| allowed, adapter-attached vs merged.")
+    min_top1_agreement: float = _f(1.0, "Alpha check: minimum greedy top-1 agreement on the probe prompts.")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    outtype: str = _f("f16", "Precision of the converted GGUF before quantization: f16, bf16 or f32.")
+    quantize: list = _f(["Q8_0"], "Quantization types to ship, e.g. [\"Q8_0\", \"Q4_0\"]; the first is the Modelfile's.")
+    min_top1_agreement: float = _f(0.98, "Conversion check: GGUF vs HF top-1 agreement on probe prompts.")
+
+
+@dataclass(frozen=True)
+class OllamaConfig:
+    model: str = _f("", "Ollama model name:tag to install as (default: <name>:<version>).")
+    system: str = _f("", "Optional SYSTEM prompt written into the Modelfile.")
+    num_ctx: int = _f(0, "Context length (0: the training max_seq_length rounded up, at least 2048).")
+    temperature: float = _f(-1.0, "Sampling temperature PARAMETER (negative: leave Ollama's default).")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    task: str = _f("", "Built-in task metric: '' (none) or 'json-fields' (exact match of JSON fields).")
+    fields: list = _f([], "For task='json-fields': the fields compared.")
+    max_tokens: int = _f(64, "Generation budget per scored prompt.")
+    limit: int = _f(0, "Score at most this many examples per set (0: all).")
+
+
+@dataclass(frozen=True)
+class BundleConfig:
+    dist: str = _f("dist", "Output folder for bundles, relative to the project.")
+    probes: int = _f(4, "How many probe conversations to record in the manifest for verify.")
+    probe_tokens: int = _f(24, "Greedy tokens recorded per probe.")
+    logit_tolerance: float = _f(0.05, "Max |Δlogit| verify accepts on another CPU for the first-token top-k.")
+
+
+@dataclass(frozen=True)
+class Config:
+    project: ProjectConfig = field(default_factory=ProjectConfig)
+    base: BaseConfig = field(default_factory=BaseConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    merge: MergeConfig = field(default_factory=MergeConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    ollama: OllamaConfig = field(default_factory=OllamaConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    bundle: BundleConfig = field(default_factory=BundleConfig)
+    root: Path = field(default=Path("."), compare=False)
+
+    def section(self, name: str) -> dict:
+        return dataclasses.asdict(getattr(self, name))
+
+    def resolve(self, rel: str) -> Path:
+        p = Path(rel).expanduser()
+        return p if p.is_absolute() else (self.root / p)
+
+
+SECTIONS = [f.name for f in dataclasses.fields(Config) if f.name != "root"]
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+HEX40 = re.compile(r"^[0-9a-f]{40}$")
+
+
+def _coerce(section: str, key: str, value: Any, typ) -> Any:
+    where = f"{CONFIG_NAME}: [{section}] {key}"
+    origin = get_origin(typ) or typ
+    if origin is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if origin is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if origin is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if origin is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return list(value)
+    return value
+
+
+def from_dict(raw: dict, root: Path = Path(".")) -> Config:
+    sections = {}
+    for name, value in raw.items():
+        if name not in SECTIONS:
+            raise ConfigError(f"{CONFIG_NAME}: unknown section [{name}] (known: {', '.join(SECTIONS)})")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{CONFIG_NAME}: [{name}] must be a table")
+    for f in dataclasses.fields(Config):
+        if f.name == "root":
+            continue
+        cls = f.default_factory  # the section dataclass
+        hints = get_type_hints(cls)
+        known = {sf.name for sf in dataclasses.fields(cls)}
+        values = {}
+        for key, value in raw.get(f.name, {}).items():
+            if key not in known:
+                raise ConfigError(f"{CONFIG_NAME}: [{f.name}] unknown field '{key}' (known: {', '.join(sorted(known))})")
+            values[key] = _coerce(f.name, key, value, hints[key])
+        sections[f.name] = cls(**values)
+    return Config(**sections, root=root)
+
+
+def load(project_dir: str | Path) -> Config:
+    root = Path(project_dir)
+    path = root / CONFIG_NAME
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found (run `edgelora init {root}` to create one)")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: {e}") from None
+    cfg = from_dict(raw, root=root.resolve())
+    return cfg
+
+
+def problems(cfg: Config) -> list[str]:
+    """Every field-level problem at once (``plan`` reports them together)."""
+    out = []
+    w = CONFIG_NAME
+    if not NAME_RE.match(cfg.project.name):
+        out.append(f"{w}: [project] name {cfg.project.name!r} must match {NAME_RE.pattern}")
+    if not re.match(r"^\d+\.\d+\.\d+([.+-][0-9A-Za-z.-]+)?$", cfg.project.version):
+        out.append(f"{w}: [project] version {cfg.project.version!r} is not a semantic version like 1.2.3")
+    b = cfg.base
+    if b.source not in ("embedded", "local", "hf", "gguf"):
+        out.append(f"{w}: [base] source {b.source!r} must be embedded, local, hf or gguf")
+    if b.source in ("local", "gguf") and not b.path:
+        out.append(f"{w}: [base] path is required for source={b.source!r}")
+    if b.source == "hf":
+        if not b.repo:
+            out.append(f"{w}: [base] repo is required for source='hf'")
+        if not HEX40.match(b.revision):
+            out.append(f"{w}: [base] revision {b.revision!r} must be a 40-hex commit, not a branch or tag")
+    t = cfg.train
+    if t.r <= 0 or t.alpha <= 0:
+        out.append(f"{w}: [train] r and alpha must be positive")
+    if not (0 <= t.dropout < 1):
+        out.append(f"{w}: [train] dropout must be in [0, 1)")
+    if t.learning_rate <= 0:
+        out.append(f"{w}: [train] learning_rate must be positive")
+    if t.batch_size <= 0 or t.grad_accum <= 0:
+        out.append(f"{w}: [train] batch_size and grad_accum must be positive")
+    if t.device not in ("auto", "cpu", "cuda"):
+        out.append(f"{w}: [train] device {t.device!r} must be auto, cpu or cuda")
+    if t.quantization not in ("auto", "nf4", "none"):
+        out.append(f"{w}: [train] quantization {t.quantization!r} must be auto, nf4 or none")
+    if not (0 < cfg.data.eval_fraction < 1) and not cfg.data.heldout:
+        out.append(f"{w}: [data] eval_fraction must be in (0, 1)")
+    if cfg.data.max_seq_length < 16:
+        out.append(f"{w}: [data] max_seq_length must be at least 16")
+    if cfg.export.outtype not in ("f16", "bf16", "f32"):
+        out.append(f"{w}: [export] outtype {cfg.export.outtype!r} must be f16, bf16 or f32")
+    if not cfg.export.quantize:
+        out.append(f"{w}: [export] quantize must list at least one type")
+    if cfg.eval.task not in ("", "json-fields"):
+        out.append(f"{w}: [eval] task {cfg.eval.task!r} must be '' or 'json-fields'")
+    if cfg.eval.task == "json-fields" and not cfg.eval.fields:
+        out.append(f"{w}: [eval] fields must list the JSON fields to compare")
+    return out
+
+
+def render_template(cfg: Config | None = None) -> str:
+    """An edgelora.toml with every field and its help as a comment."""
+    cfg = cfg or Config()
+    lines = ["# edgelora project. Every field is documented; delete what you do not change.", ""]
+    for f in dataclasses.fields(Config):
+        if f.name == "root":
+            continue
+        section = getattr(cfg, f.name)
+        lines.append(f"[{f.name}]")
+        for sf in dataclasses.fields(section):
+            lines.append(f"# {sf.metadata['help']}")
+            lines.append(f"{sf.name} = {_toml_value(getattr(section, sf.name))}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(v) -> str:
+    import json
+
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(type(v))

@@ -1,0 +1,1 @@
+"""Built-in behaviour, written against the public hooks exactly like third-party plugins."""

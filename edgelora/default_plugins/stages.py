@@ -1,0 +1,45 @@
+"""Registers the built-in pipeline stages (their code lives in stages_*.py)."""
+
+from __future__ import annotations
+
+from .. import artifacts as A
+from ..hookspecs import hookimpl
+from ..registry import Stage
+from . import stages_export as X
+from . import stages_prepare as P
+
+BUILTIN_STAGES = (
+    Stage("fetch-base", P.fetch_base, (), (A.BASE,), ("base",), cacheable=False,
+          description="resolve the pinned base (embedded, local, hf, gguf) and check edgelora.lock"),
+    Stage("prepare-data", P.prepare_data, (A.BASE,), (A.DATASET,), ("data",),
+          description="validate chat JSONL, split held-out, dedup, data report"),
+    Stage("train", P.train, (A.BASE, A.DATASET), (A.ADAPTER, A.TRAIN_REPORT), ("train", "data.max_seq_length"),
+          description="LoRA on CPU, QLoRA (NF4) on CUDA; best adapter by eval loss"),
+    Stage("merge", P.merge, (A.BASE, A.ADAPTER, A.DATASET), (A.MERGE_REPORT,), ("merge",),
+          description="lazy merge view; alpha check of adapter-attached vs merged logits"),
+    Stage("convert", X.convert, (A.BASE, A.ADAPTER, A.MERGE_REPORT), (A.GGUF, A.CONVERT_REPORT),
+          ("export.outtype", "export.min_top1_agreement", "project.name"),
+          description="own GGUF writer from the merged view, checked against HF logits"),
+    Stage("convert-base", X.convert_base, (A.BASE,), (A.BASE_GGUF,), ("export.outtype",),
+          description="the untouched base as GGUF, for the before/after score"),
+    Stage("quantize", X.quantize, (A.GGUF,), (A.QUANTIZED, A.QUANT_REPORT), ("export.quantize", "project.name"),
+          description="llama.cpp's quantizer, one GGUF per requested type"),
+    Stage("evaluate", X.evaluate, (A.QUANTIZED, A.BASE_GGUF, A.DATASET), (A.EVAL_REPORT,),
+          ("eval", "export.quantize"),
+          description="task score of base and fine-tune on the shipped GGUF (llama-cpp-python)"),
+    Stage("modelfile", X.modelfile, (A.BASE, A.QUANTIZED), (A.MODELFILE,),
+          ("ollama", "data.max_seq_length", "project"),
+          description="Modelfile.j2 with a Go TEMPLATE proven equal to the Jinja chat template"),
+    Stage("bundle", X.bundle, (A.BASE, A.DATASET, A.TRAIN_REPORT, A.MERGE_REPORT, A.CONVERT_REPORT,
+                               A.QUANTIZED, A.QUANT_REPORT, A.EVAL_REPORT, A.MODELFILE),
+          (A.BUNDLE,), ("project", "bundle", "train", "base"),
+          description="manifest.json, SHA256SUMS, README, probes; dist/<name>-<version>/ and .tar"),
+    Stage("verify", X.verify, (A.BUNDLE,), (A.VERIFY_REPORT,), (), cacheable=False,
+          description="checksums, llama-cpp-python load, probe replay on the finished bundle"),
+)
+
+
+@hookimpl
+def edgelora_register_stages(register):
+    for stage in BUILTIN_STAGES:
+        register(stage)

@@ -1,0 +1,129 @@
+"""``edgelora plan``: every problem at once, before anything expensive runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import config as config_mod
+from .errors import EdgeloraError
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def _check(problems: list[str], fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except EdgeloraError as e:
+        problems.append(str(e))
+    except (OSError, ValueError) as e:
+        problems.append(f"{type(e).__name__}: {e}")
+    return None
+
+
+def collect_problems(ctx) -> tuple[dict, list[str]]:
+    cfg = ctx.config
+    problems = config_mod.problems(cfg)
+    summary: dict = {"project": f"{cfg.project.name}-{cfg.project.version}"}
+    if cfg.base.source not in ctx.registry.sources:
+        problems.append(f"edgelora.toml: [base] source {cfg.base.source!r} is not registered "
+                        f"(known: {', '.join(sorted(ctx.registry.sources))})")
+    base_dir = _check(problems, _base_dir_for_plan, ctx)
+    if base_dir is not None:
+        summary["base"] = str(base_dir)
+        _check(problems, _check_model_dir, ctx, base_dir, summary)
+    _check(problems, _check_data, ctx, summary)
+    _check(problems, _check_quant_types, cfg)
+    summary["stages"] = list(ctx.registry.stages)
+    summary["targets"] = list(ctx.registry.targets)
+    return summary, problems
+
+
+def _base_dir_for_plan(ctx) -> Path | None:
+    """The base directory if it can be looked at without fetching; GGUF sources are read in place."""
+    from .errors import BaseModelError
+
+    b = ctx.config.base
+    if b.source == "local":
+        path = ctx.config.resolve(b.path)
+        if not (path / "config.json").is_file():
+            raise BaseModelError(f"{path}: [base] path has no config.json")
+        bad = [p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES]
+        if bad:
+            raise BaseModelError(f"{path / bad[0]}: pickle weights are refused; convert to safetensors")
+        return path
+    fetched = ctx.work_dir / "base" / b.source
+    if (fetched / "config.json").is_file():
+        return fetched
+    if b.source in ("gguf", "embedded"):
+        _check_gguf_header(ctx)
+        return None
+    if b.source == "hf":
+        from .sources import fetch_hf  # raises NotInCacheError when the cache lacks it
+
+        return Path(fetch_hf(b.repo, b.revision, None)["path"])
+    return None
+
+
+def _check_gguf_header(ctx) -> None:
+    from .errors import BaseModelError, UnsupportedArchitecture
+
+    b = ctx.config.base
+    if b.source == "embedded":
+        from .sources import embedded_gguf_path
+
+        path = embedded_gguf_path(b.name)
+    else:
+        path = ctx.config.resolve(b.path)
+    if not path.is_file():
+        raise BaseModelError(f"{path}: [base] GGUF file not found")
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    field = reader.fields.get("general.architecture")
+    arch = bytes(field.parts[field.data[0]]).decode() if field else "?"
+    known = {getattr(a, "gguf_arch", a.name) for a in ctx.registry.architectures.values()}
+    if arch not in known:
+        raise UnsupportedArchitecture(f"{path}: GGUF architecture {arch!r} is not supported (known: {sorted(known)})")
+
+
+def _check_model_dir(ctx, base_dir: Path, summary: dict) -> None:
+    from .gguf.architectures import find_architecture
+    from .gguf.tokenizer import pre_tokenizer_name
+
+    config = json.loads((base_dir / "config.json").read_text())
+    arch = find_architecture(config, ctx.registry.architectures)
+    summary["architecture"] = arch.name
+    summary["tokenizer_pre"] = pre_tokenizer_name(base_dir)
+    tok_cfg_path = base_dir / "tokenizer_config.json"
+    tok_cfg = json.loads(tok_cfg_path.read_text()) if tok_cfg_path.is_file() else {}
+    if tok_cfg.get("chat_template"):
+        from .modelfile import choose_chat_template
+
+        name, _, _ = choose_chat_template(tok_cfg["chat_template"], base_dir)
+        summary["chat_template"] = name
+
+
+def _check_data(ctx, summary: dict) -> None:
+    from .data import load_chat_examples
+    from .errors import DataError
+
+    d = ctx.config.data
+    for field_name in ("train", "heldout", "probes"):
+        rel = getattr(d, field_name)
+        if not rel:
+            continue
+        path = ctx.config.resolve(rel)
+        if not path.exists():
+            raise DataError(f"{path}: [data] {field_name} not found")
+        summary[f"{field_name}_examples"] = len(load_chat_examples(path))
+
+
+def _check_quant_types(cfg) -> None:
+    from .errors import ConfigError
+    from .quantize import supported_types
+
+    known = supported_types()
+    bad = [q for q in cfg.export.quantize if q not in known]
+    if bad:
+        raise ConfigError(f"edgelora.toml: [export] quantize has unknown type(s) {bad} (known: {', '.join(known)})")

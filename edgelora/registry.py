@@ -1,0 +1,81 @@
+"""What plugins register: small frozen dataclasses holding plain functions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline step.
+
+    ``run(context) -> dict`` returns the artifacts named in ``produces``.
+    ``config_keys`` are the config sections (``"train"``) or fields
+    (``"export.quantize"``) whose values, with the content of the required
+    artifacts and ``version``, decide whether a cached result is still valid.
+    """
+
+    name: str
+    run: Callable[[Any], dict[str, Any]]
+    requires: tuple[str, ...] = ()
+    produces: tuple[str, ...] = ()
+    config_keys: tuple[str, ...] = ()
+    version: str = "1"
+    cacheable: bool = True
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Source:
+    """A base-model source: ``fetch(config, project_dir, dest_dir, download) -> dict``.
+
+    The result holds ``path`` (a directory with config.json, safetensors and
+    tokenizer files), ``files`` ({relative path: sha256}), ``source`` and
+    ``revision``. ``download`` is true only under ``edgelora fetch``.
+    """
+
+    name: str
+    fetch: Callable[..., dict[str, Any]]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Target:
+    """An export target.
+
+    ``export(context, staging_dir: Path) -> dict[str, Path]`` writes files into
+    ``staging_dir`` and returns {bundle-relative path: file}; they go into the
+    manifest like every other file. ``install`` (optional) installs a verified
+    bundle directory on the target host.
+    """
+
+    name: str
+    export: Callable[[Any, Path], dict[str, Path]]
+    install: Callable[..., dict[str, Any]] | None = None
+    description: str = ""
+    default: bool = False
+
+
+@dataclass
+class Registry:
+    """Everything the loaded plugins registered, with the plugin that provided it."""
+
+    stages: dict[str, Stage] = field(default_factory=dict)
+    sources: dict[str, Source] = field(default_factory=dict)
+    architectures: dict[str, Any] = field(default_factory=dict)
+    targets: dict[str, Target] = field(default_factory=dict)
+    providers: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def listing(self) -> list[dict[str, str]]:
+        rows = []
+        for kind in ("stages", "sources", "architectures", "targets"):
+            for name, obj in getattr(self, kind).items():
+                rows.append({
+                    "kind": kind[:-1],
+                    "name": name,
+                    "plugin": self.providers[(kind, name)],
+                    "description": getattr(obj, "description", "") or "",
+                })
+        return rows
