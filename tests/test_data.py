@@ -145,7 +145,7 @@ def test_invalid_example_reasons(tmp_path, record, reason):
     f = write_jsonl(tmp_path / "d.jsonl", [chat("a", "b"), record])
     with pytest.raises(DataError) as err:
         load_chat_examples(f)
-    assert str(err.value) == f"{f}:2: {reason}" or str(err.value).startswith(f"{f}:2: {reason}")
+    assert str(err.value).startswith(f"{f}:2: {reason}")
 
 
 def test_all_problems_collected_into_one_line(tmp_path):
@@ -210,10 +210,11 @@ def test_digest_depends_on_names_and_bytes_not_location(tmp_path):
         write_jsonl(d / "b.jsonl", [chat("r", "b")])
     assert dataset_digest(one) == dataset_digest(two)
     assert dataset_digest([one / "b.jsonl", one / "a.jsonl"]) == dataset_digest(one)
+    before = dataset_digest(one)
     (two / "b.jsonl").rename(two / "c.jsonl")
-    assert dataset_digest(two) != dataset_digest(one)
+    assert dataset_digest(two) != before
     (one / "a.jsonl").write_bytes((one / "a.jsonl").read_bytes().replace(b'"q"', b'"Q"'))
-    assert dataset_digest(one) != dataset_digest(tmp_path / "one" / ".." / "two")
+    assert dataset_digest(one) != before
 
 
 def test_data_report(tokenizer):

@@ -1,0 +1,58 @@
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from edgelora import config as C
+from edgelora.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_field_has_help():
+    for f in dataclasses.fields(C.Config):
+        if f.name == "root":
+            continue
+        for sf in dataclasses.fields(f.default_factory):
+            assert sf.metadata.get("help"), f"[{f.name}] {sf.name} has no help"
+
+
+@pytest.mark.parametrize("path", [ROOT / "demo"])
+def test_shipped_configs_load_without_problems(path):
+    cfg = C.load(path)
+    assert C.problems(cfg) == []
+
+
+def test_scaffold_round_trips(tmp_path):
+    (tmp_path / C.CONFIG_NAME).write_text(C.render_template())
+    cfg = C.load(tmp_path)
+    assert cfg.train == C.TrainConfig()
+    assert C.problems(cfg) == []
+
+
+def test_unknown_field_named(tmp_path):
+    (tmp_path / C.CONFIG_NAME).write_text("[train]\nrank = 8\n")
+    with pytest.raises(ConfigError, match=r"\[train\] unknown field 'rank'"):
+        C.load(tmp_path)
+
+
+def test_wrong_type_named(tmp_path):
+    (tmp_path / C.CONFIG_NAME).write_text("[train]\nr = 'sixteen'\n")
+    with pytest.raises(ConfigError, match=r"\[train\] r: expected an integer"):
+        C.load(tmp_path)
+
+
+def test_bad_toml_names_file(tmp_path):
+    (tmp_path / C.CONFIG_NAME).write_text("[train\n")
+    with pytest.raises(ConfigError, match="edgelora.toml"):
+        C.load(tmp_path)
+
+
+def test_problems_reported_together(tmp_path):
+    (tmp_path / C.CONFIG_NAME).write_text(
+        "[project]\nname = 'Bad Name'\n[base]\nsource = 'hf'\nrepo = 'a/b'\nrevision = 'main'\n"
+        "[export]\nouttype = 'q4'\n")
+    problems = C.problems(C.load(tmp_path))
+    assert any("name" in p for p in problems)
+    assert any("40-hex commit" in p for p in problems)
+    assert any("outtype" in p for p in problems)
