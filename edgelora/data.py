@@ -159,8 +159,11 @@ def example_key(example: dict) -> str:
     return hashlib.sha256(json.dumps(canon, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
-def deduplicate(examples: list[dict]) -> list[dict]:
-    """Drop exact duplicates (after normalization), keeping each first occurrence."""
+def deduplicate(examples: list[dict]) -> tuple[list[dict], int]:
+    """Drop exact duplicates (after normalization), keeping each first occurrence.
+
+    Returns ``(unique_examples, number_removed)``.
+    """
     seen: set[str] = set()
     unique = []
     for ex in examples:
@@ -168,7 +171,7 @@ def deduplicate(examples: list[dict]) -> list[dict]:
         if key not in seen:
             seen.add(key)
             unique.append(ex)
-    return unique
+    return unique, len(examples) - len(unique)
 
 
 def dataset_digest(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> str:
@@ -236,7 +239,8 @@ def encode_chat(tokenizer, messages: list[dict], *, max_length: int) -> dict:
         if msg["role"] != "assistant":
             continue
         prompt = _render_ids(tokenizer, messages[:i], add_generation_prompt=True)
-        upto = full if i == len(messages) - 1 else _render_ids(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        last = i == len(messages) - 1
+        upto = full if last else _render_ids(tokenizer, messages[: i + 1], add_generation_prompt=False)
         if upto[: len(prompt)] != prompt or full[: len(upto)] != upto:
             raise DataError(
                 f"chat template: not prefix-stable at message {i} (rendering a conversation prefix "
@@ -267,7 +271,7 @@ def data_report(examples: list[dict], encoded: list[dict], *, duplicates_removed
     ``encoded`` are :func:`encode_chat` results of the examples trained on.
     """
     if duplicates_removed is None:
-        duplicates_removed = len(examples) - len(deduplicate(examples))
+        duplicates_removed = deduplicate(examples)[1]
     roles = {r: 0 for r in ROLES}
     for ex in examples:
         for m in ex["messages"]:

@@ -11,7 +11,6 @@ is then checked against llama.cpp's own tokenization of the original GGUF.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from .errors import BaseModelError, LockMismatch
@@ -37,6 +36,10 @@ KNOWN_PRE_TOKENIZERS = {
 # punctuation, emoji, CJK, accents, and the chat-template's special tokens.
 PROBE_TEXTS = [
     "12345",
+    "a  7",          # plain ByteLevel gives [Ġ, Ġ, 7]; SmolLM2 (and llama.cpp) give [ĠĠ, 7]
+    "x\n\n5",
+    "    1234",
+    "½ and ²",
     "Order 66 shipped on 2024-11-05 for $1,299.99",
     "Hello world",
     " leading space and  double  spaces\n\nnew\tlines   ",
@@ -99,6 +102,9 @@ def import_gguf(gguf_path: str | Path, dest_dir: str | Path, *, expected_sha256:
         marker = {"importer_version": IMPORTER_VERSION, "gguf_sha256": digest,
                   "gguf_name": gguf_path.name, "files": files, "tokenizer": tok_report}
         atomic_write_json(staging / MARKER, marker)
+        for p in staging.iterdir():  # staging is created private (0700/0600); the base is not secret
+            p.chmod(0o644)
+        staging.chmod(0o755)
     return {"source": "gguf", "revision": digest, "path": str(dest_dir), "files": files,
             "gguf": str(gguf_path), "tokenizer": tok_report}
 
@@ -141,14 +147,56 @@ def _convert(gguf_path: Path, out: Path) -> dict:
         tok = AutoTokenizer.from_pretrained(src_dir, gguf_file=name, local_files_only=True)
     except (ValueError, KeyError, OSError, RuntimeError) as e:
         raise BaseModelError(f"{gguf_path}: transformers cannot import this GGUF ({e})") from None
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    _save_plain(model, out)
     del model
+    tok.model_max_length = int(_cfg_of(out).get("max_position_embeddings") or 8192)
+    tok.save_pretrained(out)
     report = {"pre": meta.get("tokenizer.ggml.pre"), "model": meta.get("tokenizer.ggml.model"),
               "fixups": []}
     report["fixups"] += _fix_pre_tokenizer(out / "tokenizer.json", report["pre"])
     report["fixups"] += _fix_chat_template(out, meta.get("tokenizer.chat_template"))
     return report
+
+
+def _save_plain(model, out: Path) -> None:
+    """Save the dequantized weights as an ordinary float32 checkpoint.
+
+    transformers marks a GGUF-loaded model as quantized ("gguf") and refuses to save it,
+    although its tensors are plain float32 by now; so the weights move into a model built
+    from the same config minus the quantization marker (meta init: no second copy).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    cfg = model.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    cfg.rms_norm_eps = _short_float32(getattr(cfg, "rms_norm_eps", None))
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False, assign=True)
+    plain.tie_weights()
+    missing = [k for k in missing if not (k == "lm_head.weight" and cfg.tie_word_embeddings)]
+    if missing or unexpected:
+        raise BaseModelError(f"GGUF import: tensors missing {missing[:3]} or unexpected {unexpected[:3]}")
+    plain.save_pretrained(out)
+    if getattr(plain, "generation_config", None) is not None:
+        plain.generation_config.save_pretrained(out)
+
+
+def _short_float32(x):
+    """GGUF stores floats as float32: 1e-5 comes back as 9.999999747e-06. Restore the
+    shortest decimal that rounds to the same float32, which is what the original config said."""
+    if not isinstance(x, float):
+        return x
+    import numpy as np
+
+    return float(repr(np.float32(x)).removeprefix("np.float32(").removesuffix(")"))
+
+
+def _cfg_of(out: Path) -> dict:
+    p = out / "config.json"
+    return json.loads(p.read_text()) if p.is_file() else {}
 
 
 def _fix_pre_tokenizer(tok_json: Path, pre: str | None) -> list[str]:
@@ -189,16 +237,22 @@ def _fix_chat_template(out: Path, template: str | None) -> list[str]:
     cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
     jinja = out / "chat_template.jinja"
     fixes = []
+    changed = False
     current = cfg.get("chat_template")
     if current is None and jinja.is_file():
         current = jinja.read_text(encoding="utf-8")
     if current is None and template:
         current = template
         fixes.append("chat_template copied from the GGUF")
-    if current is None:
-        return fixes
-    if cfg.get("chat_template") != current:
+    # transformers 5 saves its load kwargs too; a saved local_files_only is noise at best.
+    for junk in ("is_local", "local_files_only"):
+        if junk in cfg:
+            del cfg[junk]
+            changed = True
+    if current is not None and cfg.get("chat_template") != current:
         cfg["chat_template"] = current
+        changed = True
+    if changed:
         cfg_path.write_text(json.dumps(cfg, ensure_ascii=False, indent=2), encoding="utf-8")
     if jinja.is_file():
         jinja.unlink()  # one copy only: newer transformers prefer the .jinja file when present
@@ -226,8 +280,5 @@ def compare_with_llama_cpp(gguf_path: str | Path, hf_dir: str | Path,
                 out.append({"text": text, "hf": list(hf), "llama_cpp": list(lc)})
         return out
     finally:
-        llm.close() if hasattr(llm, "close") else None
-
-
-def _rmtree(p: Path) -> None:
-    shutil.rmtree(p, ignore_errors=True)
+        if hasattr(llm, "close"):
+            llm.close()

@@ -235,33 +235,54 @@ def fetch_hf(repo: str, revision: str, dest_dir: str | Path | None = None, *,
 def download_hf(repo: str, revision: str, cache_dir: str | Path | None = None) -> dict:
     """Fill the HF cache with ``repo`` at ``revision`` (network). Only `edgelora fetch` calls this.
 
-    A branch or tag is resolved once to its commit, which is what gets recorded. LFS files
-    are compared against the hub's sha256 (huggingface_hub only checks sizes).
+    A branch or tag is resolved once to its commit, which is what gets recorded. Every
+    downloaded file is compared with the hub's metadata (LFS sha256, else the git blob
+    sha1): huggingface_hub itself only checks sizes.
     """
     from huggingface_hub import HfApi, snapshot_download
 
-    api = HfApi()
-    info = api.model_info(repo, revision=revision, files_metadata=True)
+    info = HfApi().model_info(repo, revision=revision, files_metadata=True)
     commit = info.sha
+    siblings = list(info.siblings or [])
+    names = [s.rfilename for s in siblings]
+    if not any(n.endswith(".safetensors") for n in names):
+        bad = next((n for n in names if n.lower().endswith(PICKLE_SUFFIXES)), None)
+        raise UnsafeWeightsError(f"{repo}@{commit}: no safetensors weights"
+                                 + (f" (only pickle-based {bad}, refused)" if bad else ""))
     snap = Path(snapshot_download(repo_id=repo, revision=commit, cache_dir=cache_dir,
                                   allow_patterns=HF_ALLOW_PATTERNS))
-    checked = 0
-    for sib in info.siblings or []:
-        lfs = getattr(sib, "lfs", None)
-        p = snap / sib.rfilename
-        if lfs is None or not p.is_file():
-            continue
-        want = lfs.sha256 if hasattr(lfs, "sha256") else lfs["sha256"]
-        got = sha256_file(p)
-        if got != want:
-            _delete_cached(p)
-            raise LockMismatch(f"{sib.rfilename}: sha256 expected {want}, got {got} "
-                               "(deleted from the cache)")
-        checked += 1
+    checked = verify_download(snap, siblings)
     out = fetch_hf(repo, commit, cache_dir=cache_dir)
     out["resolved_from"] = revision if revision != commit else None
-    out["lfs_checked"] = checked
+    out["hub_checked"] = checked
     return out
+
+
+def verify_download(snap: Path, siblings) -> int:
+    """Compare each downloaded file with the hub's hash; delete and fail on a difference."""
+    import hashlib
+
+    checked = 0
+    for sib in siblings:
+        p = Path(snap) / sib.rfilename
+        if not p.is_file():
+            continue
+        lfs = getattr(sib, "lfs", None)
+        if lfs:
+            want = lfs["sha256"] if isinstance(lfs, dict) and "sha256" in lfs else lfs.sha256
+            got, algo = sha256_file(p), "sha256"
+        elif getattr(sib, "blob_id", None):
+            data = p.read_bytes()  # non-LFS files are small by definition
+            want = sib.blob_id
+            got, algo = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest(), "git blob sha1"
+        else:
+            continue
+        if got != want:
+            _delete_cached(p)
+            raise LockMismatch(f"{sib.rfilename}: {algo} expected {want}, got {got} "
+                               "(deleted from the cache)")
+        checked += 1
+    return checked
 
 
 def _delete_cached(p: Path) -> None:
@@ -276,12 +297,15 @@ def _delete_cached(p: Path) -> None:
 
 
 # -- GGUF import / embedded ------------------------------------------------------------
-def fetch_gguf(path: str | Path, dest_dir: str | Path) -> dict:
-    """Dequantize a local GGUF into a safetensors base under ``dest_dir`` (cached)."""
+def fetch_gguf(path: str | Path, dest_dir: str | Path, *, expected_sha256: str | None = None) -> dict:
+    """Dequantize a local GGUF into a safetensors base under ``dest_dir`` (cached).
+
+    Pass the lock's revision as ``expected_sha256`` so that a changed file is refused
+    before any parser sees it."""
     path = Path(path)
     if not path.is_file():
         raise BaseModelError(f"{path}: GGUF file not found")
-    out = import_gguf(path, dest_dir)
+    out = import_gguf(path, dest_dir, expected_sha256=expected_sha256)
     out["source"] = "gguf"
     return out
 

@@ -9,33 +9,23 @@ loss is the one left in ``out_dir``; ``out_dir`` only appears once training is d
 from __future__ import annotations
 
 import json
-import logging
 import math
 import random
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from .data import IGNORE_INDEX, encode_chat
 from .errors import TrainingError
 from .fsutil import atomic_dir
-
-log = logging.getLogger(__name__)
-
-Progress = Callable[[dict], None]
+from .train_setup import Progress, notice, linear_target_modules, load_model, resolve_setup
 
 # Architectures whose ForCausalLM head is exactly lm_head(hidden): for these the
 # loss is computed on labelled positions only, skipping the vocab projection of
 # prompt tokens. Others (logit soft-capping, logit scaling) use the full forward.
 _PLAIN_HEAD_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo2", "smollm3"}
 _BEST_DIR = ".best-adapter"
-
-
-def _notice(progress: Progress | None, message: str) -> None:
-    log.info(message)
-    if progress is not None:
-        progress({"notice": message})
 
 
 def _versions(*names: str) -> dict:
@@ -48,107 +38,6 @@ def _versions(*names: str) -> dict:
         except PackageNotFoundError:
             pass
     return out
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True when oneDNN reports native bf16 support (AVX512-BF16 / AMX) on this CPU."""
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:  # older torch or no oneDNN: be conservative
-        return False
-
-
-def _resolve(device: str, quantization: str, dtype: str, progress: Progress | None) -> tuple[str, str, str]:
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device != "cpu" and not device.startswith("cuda"):
-        raise TrainingError(f"device: expected auto, cpu or cuda, got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError("device: cuda requested but torch sees no CUDA GPU")
-
-    if quantization not in ("auto", "nf4", "none"):
-        raise TrainingError(f"quantization: expected auto, nf4 or none, got {quantization!r}")
-    if quantization == "nf4" and device == "cpu":
-        raise TrainingError("quantization: nf4 (QLoRA) needs a CUDA GPU; use quantization='none' on CPU")
-    if quantization == "auto":
-        quantization = "none"
-        if device != "cpu":
-            try:
-                import bitsandbytes  # noqa: F401
-
-                quantization = "nf4"
-            except ImportError:
-                _notice(progress, "bitsandbytes not installed: training plain LoRA in bf16 instead of QLoRA")
-
-    aliases = {"bf16": "bfloat16", "fp32": "float32", "bfloat16": "bfloat16", "float32": "float32"}
-    if dtype == "auto":
-        if device == "cpu":
-            dtype = "bfloat16" if cpu_has_fast_bf16() else "float32"
-            if dtype == "float32":
-                _notice(progress, "this CPU has no native bf16 matmul: training LoRA in fp32 (slower, more memory)")
-            else:
-                _notice(progress, "no CUDA GPU: training plain LoRA in bf16 on the CPU (fine for small models)")
-        else:
-            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    elif dtype in aliases:
-        dtype = aliases[dtype]
-    else:
-        raise TrainingError(f"dtype: expected auto, bfloat16 or float32, got {dtype!r}")
-    return device, quantization, dtype
-
-
-def linear_target_modules(model) -> list[str]:
-    """Names (last path component) of every Linear layer except the output head."""
-    import torch
-
-    head = model.get_output_embeddings()
-    names = set()
-    for name, module in model.named_modules():
-        # bitsandbytes' Linear4bit subclasses nn.Linear, so QLoRA models match too.
-        if isinstance(module, torch.nn.Linear) and module is not head and not name.endswith("lm_head"):
-            names.add(name.rsplit(".", 1)[-1])
-    return sorted(names)
-
-
-def _load_model(base_dir: Path, device: str, quantization: str, dtype: str):
-    import torch
-    import transformers
-    from transformers import AutoModelForCausalLM
-
-    torch_dtype = getattr(torch, dtype)
-    # transformers renamed torch_dtype to dtype in 4.56; pass whichever it knows.
-    new_kw = tuple(int(x) for x in transformers.__version__.split(".")[:2]) >= (4, 56)
-    kwargs = {"local_files_only": True, ("dtype" if new_kw else "torch_dtype"): torch_dtype}
-    try:
-        if quantization == "nf4":
-            from peft import prepare_model_for_kbit_training
-            from transformers import BitsAndBytesConfig
-
-            kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type="nf4",
-                bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=torch.bfloat16,
-            )
-            index = torch.device(device).index or 0
-            model = AutoModelForCausalLM.from_pretrained(base_dir, device_map={"": index}, **kwargs)
-            model = prepare_model_for_kbit_training(
-                model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
-        else:
-            model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs).to(device)
-            if device != "cpu":
-                # On CPU recomputation costs more time than the memory is worth.
-                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-                model.enable_input_require_grads()
-    except (OSError, ValueError) as e:
-        raise TrainingError(f"{base_dir}: cannot load base model ({type(e).__name__}: {e})".replace("\n", " ")) from e
-    model.config.use_cache = False
-    return model
 
 
 def _encode_all(tokenizer, examples: list[dict], max_length: int) -> tuple[list[dict], int, int]:
@@ -288,8 +177,8 @@ def train_lora(
 
     ``out_dir`` receives adapter_model.safetensors, adapter_config.json,
     metrics.jsonl, loss.png and train_report.json, all at once when training ends.
-    ``progress(event)`` gets ``{"step","total","loss","eval_loss","tokens_per_s","lr"}``
-    after every optimizer step and ``{"notice": str}`` for one-line notices.
+    ``progress(event)`` gets ``{"step","total","loss","eval_loss","tokens_per_s","lr","eta_s"}``
+    after every optimizer step and ``{"event": "notice", "message": str}`` for notices.
     Returns the report (also written as train_report.json).
     """
     _check_args(**{k: v for k, v in locals().items() if k not in ("progress",)})
@@ -301,7 +190,7 @@ def train_lora(
     from transformers import AutoTokenizer, set_seed
 
     oom_error = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-    device, quantization, dtype = _resolve(device, quantization, dtype, progress)
+    device, quantization, dtype = resolve_setup(device, quantization, dtype, progress)
     started = time.monotonic()
     set_seed(seed)
 
@@ -311,11 +200,14 @@ def train_lora(
     if not train_enc:
         raise TrainingError("train_examples: no example has an assistant token within max_length")
     if train_dropped or eval_dropped:
-        _notice(progress, f"{train_dropped + eval_dropped} example(s) skipped: truncation to "
+        notice(progress, f"{train_dropped + eval_dropped} example(s) skipped: truncation to "
                 f"max_length={max_length} left no assistant tokens")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
-    model = _load_model(base_dir, device, quantization, dtype)
+    if device == "cpu" and dropout > 0:
+        # Measured on SmolLM2-135M: dropout's random masks take ~40% of a CPU step.
+        notice(progress, f"lora dropout {dropout:g} costs ~40% of each CPU step; dropout=0 trains faster")
+    model = load_model(base_dir, device, quantization, dtype)
     targets = linear_target_modules(model) if target_modules == "all-linear" else (
         [t.strip() for t in target_modules.split(",")] if isinstance(target_modules, str) else list(target_modules)
     )
@@ -362,6 +254,7 @@ def train_lora(
 
             model.train()
             first_eval_loss = _eval_loss(model, eval_batches, plain_head)
+            loop_started = time.monotonic()
             with metrics:
                 while step < total:
                     t0 = time.monotonic()
@@ -371,7 +264,7 @@ def train_lora(
                     for b in window:
                         loss_sum = _loss_sum(model, b, plain_head)
                         (loss_sum / n_targets).backward()
-                        loss_total += float(loss_sum)
+                        loss_total += float(loss_sum.detach())
                     torch.nn.utils.clip_grad_norm_(params, 1.0)
                     lr = scheduler.get_last_lr()[0]
                     optimizer.step()
@@ -392,11 +285,15 @@ def train_lora(
                     metrics.write(json.dumps(row) + "\n")
                     metrics.flush()
                     if progress is not None:
-                        progress({"step": step, "total": total, "loss": row["loss"], "lr": lr,
-                                  "eval_loss": row.get("eval_loss"), "tokens_per_s": row["tokens_per_s"]})
+                        eta = (total - step) * (time.monotonic() - loop_started) / step
+                        if max_seconds is not None:
+                            eta = min(eta, max(0.0, max_seconds - (time.monotonic() - started)))
+                        progress({"event": "step", "step": step, "total": total, "loss": row["loss"], "lr": lr,
+                                  "eval_loss": row.get("eval_loss"), "tokens_per_s": row["tokens_per_s"],
+                                  "eta_s": eta})
                     if over_time and step < total:
                         stopped = "max_seconds"
-                        _notice(progress, f"time budget of {max_seconds:g}s reached: stopped at step {step}/{total}")
+                        notice(progress, f"time budget of {max_seconds:g}s reached: stopped at step {step}/{total}")
                         break
             if best["step"] is None:  # no eval set: the final adapter is the one kept
                 model.save_pretrained(staging / _BEST_DIR)

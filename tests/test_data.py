@@ -199,7 +199,8 @@ def test_deduplicate_normalizes_whitespace_not_case():
     a_spaced = chat(" Hello world\n", "Hi! ")
     a_upper = chat("HELLO WORLD", "Hi!")
     b = chat("Hello world", "Bye")
-    assert deduplicate([a, a_spaced, b, a_upper, a]) == [a, b, a_upper]
+    assert deduplicate([a, a_spaced, b, a_upper, a]) == ([a, b, a_upper], 2)
+    assert deduplicate([]) == ([], 0)
 
 
 def test_digest_depends_on_names_and_bytes_not_location(tmp_path):
@@ -219,7 +220,8 @@ def test_digest_depends_on_names_and_bytes_not_location(tmp_path):
 
 def test_data_report(tokenizer):
     examples = [chat("q", "a"), chat("q ", "a"), chat("a longer question here", "and a longer answer")]
-    unique = deduplicate(examples)
+    unique, removed = deduplicate(examples)
+    assert removed == 1
     encoded = [encode_chat(tokenizer, e["messages"], max_length=32) for e in unique]
     report = data_report(examples, encoded)
     assert report["examples"] == 3 and report["duplicates_removed"] == 1

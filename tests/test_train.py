@@ -13,11 +13,11 @@ def example(question, answer):
     return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
 
 
-# Train answers one fixed phrase; eval expects another. Training first helps eval
-# (the answer's format and end token), then overfitting to "banana" hurts it, so
-# the best eval checkpoint is an early one, not the last.
+# Train answers "banana split"; eval expects the same words swapped. Early steps
+# raise both words everywhere (eval improves), later steps learn their order
+# (eval worsens), so the best eval checkpoint is an early one, not the last.
 TRAIN = [example(f"Item {i}?", "banana split") for i in range(16)]
-EVAL = [example(f"Item {i}?", "cherry pie") for i in range(16, 20)]
+EVAL = [example(f"Item {i}?", "split banana") for i in range(16, 20)]
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def trained(tiny_llama_dir, tmp_path_factory):
     events = []
     report = train_lora(
         base_dir=tiny_llama_dir, train_examples=TRAIN, eval_examples=EVAL, out_dir=out,
-        r=8, alpha=16, learning_rate=2e-2, max_steps=16, batch_size=4, eval_every=2,
+        r=8, alpha=16, learning_rate=5e-2, max_steps=16, batch_size=4, eval_every=2,
         max_length=64, seed=0, device="cpu", progress=events.append,
     )
     return out, report, events
@@ -37,7 +37,8 @@ def test_loss_decreases_and_report_is_complete(trained):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 17))
     losses = [r["loss"] for r in rows]
-    assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3
+    # A random 64-wide model with tied 49k embeddings bottoms out near 6 nats.
+    assert losses[0] > 10 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 2.0
     assert report["steps"] == 16 and report["device"] == "cpu" and report["quantization"] == "none"
     assert report["dtype"] in ("bfloat16", "float32")
     assert report["epochs_done"] == 4.0
@@ -48,7 +49,8 @@ def test_loss_decreases_and_report_is_complete(trained):
     steps = [e for e in events if "step" in e]
     assert [e["step"] for e in steps] == list(range(1, 17)) and steps[-1]["total"] == 16
     assert {"step", "total", "loss", "eval_loss", "tokens_per_s"} <= set(steps[0])
-    assert any("notice" in e for e in events)  # the CPU dtype notice
+    assert any(e.get("event") == "notice" and "CPU" in e["message"] for e in events)
+    assert steps[-1]["eta_s"] == 0 and steps[0]["eta_s"] > 0
 
 
 def test_outputs_written_and_no_staging_left(trained):
@@ -73,7 +75,7 @@ def test_best_checkpoint_is_kept_and_loads_with_peft(trained, tiny_llama_dir):
     assert sorted(evals) == list(range(2, 17, 2))
     best_step = min(evals, key=evals.get)
     assert report["best_step"] == best_step and report["best_eval_loss"] == evals[best_step]
-    assert best_step < 16 and evals[16] > evals[best_step] + 0.05  # the scenario really overfits
+    assert best_step < 16 and evals[16] > evals[best_step] + 0.1  # the scenario really overfits
 
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir, local_files_only=True)
     dtype = getattr(torch, report["dtype"])

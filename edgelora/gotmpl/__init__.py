@@ -55,7 +55,6 @@ def render_go(template_text: str, conversations: list[list[dict]], *, timeout: f
     env = dict(os.environ)
     env.setdefault("GOCACHE", str(Path.home() / ".cache" / "go-build"))
     env["GO111MODULE"] = "off"  # a single file, no module download ever
-    env["GOFLAGS"] = "-mod=mod"
     env["GOPROXY"] = "off"
     try:
         proc = subprocess.run(["go", "run", str(RENDER_GO)], input=json.dumps({"Template": template_text, "Cases": cases}),
@@ -228,7 +227,10 @@ def _parse_operand(terms):
         expr, rest = _parse_command(rest)
         if not rest or rest[0] != ")":
             raise GoTemplateError("TEMPLATE: unclosed parenthesis")
-        return expr, rest[1:]
+        rest = rest[1:]
+        if rest and rest[0].startswith(".") and rest[0] != ".":  # (index .Messages 0).Role
+            return ("chain", expr, rest[0][1:].split(".")), rest[1:]
+        return expr, rest
     if t.startswith('"'):
         return ("lit", json.loads(t)), rest
     if t.startswith("`"):
@@ -302,6 +304,11 @@ def _eval(expr, dot, scope):
         v = scope[expr[1]]
         for i, f in enumerate(expr[2]):
             v = _field(v, f, top_level=expr[1] == "$" and i == 0)
+        return v
+    if kind == "chain":
+        v = _eval(expr[1], dot, scope)
+        for f in expr[2]:
+            v = _field(v, f, top_level=False)
         return v
     if kind == "call":
         name, args = expr[1], expr[2]

@@ -1,0 +1,1 @@
+"""GGUF export: architecture registry, tokenizer export, streaming converter, validation ladder."""

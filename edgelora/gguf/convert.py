@@ -1,0 +1,205 @@
+"""Merged HF model -> GGUF (F32/F16/BF16), streamed tensor by tensor.
+
+The base is read once through :class:`edgelora.merge.MergedView` (LoRA deltas added
+on read) and the GGUF is written once: every tensor is declared first, then header,
+keys and tensor infos are written, then each tensor's data, so memory stays at about
+one tensor. Before anything is written, ladder step 1 checks the plan.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..errors import ConversionError
+from ..fsutil import atomic_path
+from .architectures import Architecture, find_architecture
+
+OUTTYPES = ("f32", "f16", "bf16")
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    gguf_name: str
+    hf_name: str | None  # None: computed by the architecture (extra tensor)
+    shape: tuple[int, ...]
+    keep_f32: bool
+
+
+def _is_f32_tensor(gguf_name: str, shape) -> bool:
+    # llama.cpp wants every 1-D tensor (norms, biases, rope factors) in F32.
+    return len(shape) <= 1 or gguf_name.endswith((".bias", "_norm.weight")) or gguf_name.startswith("rope_")
+
+
+def _order_key(name: str):
+    m = re.match(r"blk\.(\d+)\.(.*)", name)
+    return (1, int(m.group(1)), m.group(2)) if m else (0 if name.startswith("token_embd") else 2, 0, name)
+
+
+def plan_tensors(view, arch: Architecture) -> tuple[list[PlannedTensor], list[str]]:
+    """Every HF tensor mapped or knowingly skipped; unknown names are collected into one error."""
+    config = view.config
+    planned: list[PlannedTensor] = []
+    skipped: list[str] = []
+    unknown: list[str] = []
+    leftovers = [n for n in view.names() if "lora_" in n or ".base_layer." in n]
+    if leftovers:
+        raise ConversionError(f"{view.base_dir}: unmerged PEFT tensors in the base weights "
+                              f"(e.g. {leftovers[0]}); merge the adapter first")
+    for hf_name in view.names():
+        try:
+            gguf_name = arch.map_name(hf_name, config)
+        except KeyError:
+            unknown.append(hf_name)
+            continue
+        if gguf_name is None:
+            skipped.append(hf_name)
+            continue
+        shape = tuple(view.shape(hf_name))
+        planned.append(PlannedTensor(gguf_name, hf_name, shape, _is_f32_tensor(gguf_name, shape)))
+    if unknown:
+        raise ConversionError(f"{view.base_dir}: {len(unknown)} tensor(s) not mapped by the {arch.name} "
+                              f"GGUF architecture: {', '.join(unknown[:5])}")
+    for name, arr in arch.extra_tensors(config):
+        planned.append(PlannedTensor(name, None, tuple(arr.shape), True))
+    names = [p.gguf_name for p in planned]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise ConversionError(f"{view.base_dir}: several HF tensors map to {sorted(dupes)[0]}")
+    missing = sorted(arch.expected_tensors(config) - set(names))
+    extra = sorted(set(names) - arch.expected_tensors(config))
+    if missing:
+        raise ConversionError(f"{view.base_dir}: missing tensor(s) llama.cpp needs: {', '.join(missing[:5])}")
+    if extra:
+        # llama.cpp refuses files with tensors it does not create ("wrong number of tensors")
+        raise ConversionError(f"{view.base_dir}: tensor(s) the {arch.gguf_arch} GGUF arch would reject: "
+                              f"{', '.join(extra[:5])}")
+    planned.sort(key=lambda p: _order_key(p.gguf_name))
+    return planned, skipped
+
+
+def check_vocab(planned: list[PlannedTensor], export, config: dict, where: Path) -> None:
+    """Ladder step 1, tokenizer side: token count == embedding rows, special ids in range."""
+    rows = next(p.shape[0] for p in planned if p.gguf_name == "token_embd.weight")
+    if len(export.tokens) != rows:
+        raise ConversionError(f"{where}: {len(export.tokens)} tokens but token_embd has {rows} rows")
+    if int(config.get("vocab_size", rows)) != rows:
+        raise ConversionError(f"{where / 'config.json'}: vocab_size {config.get('vocab_size')} "
+                              f"!= {rows} embedding rows")
+    for name, tid in export.special_ids.items():
+        if not 0 <= tid < rows:
+            raise ConversionError(f"{where}: {name} token id {tid} out of range [0, {rows})")
+
+
+def _lineage(writer, config: dict, adapter_config: dict | None, name: str, base_model: dict | None) -> None:
+    writer.add_name(name)
+    base = dict(base_model or {})
+    if not base:
+        src = (adapter_config or {}).get("base_model_name_or_path") or config.get("_name_or_path") or ""
+        if src.count("/") == 1 and not src.startswith((".", "/")):
+            org, model = src.split("/")
+            base = {"name": model, "organization": org, "repo_url": f"https://huggingface.co/{src}"}
+    if base:
+        writer.add_base_model_count(1)
+        for key in ("name", "organization", "version", "repo_url"):
+            if base.get(key):
+                getattr(writer, f"add_base_model_{key}")(0, str(base[key]))
+
+
+def _to_output(arr, keep_f32: bool, outtype: str, name: str):
+    """The array exactly as its bytes go to the file (BF16 as raw int16 bit patterns)."""
+    import numpy as np
+    import torch
+
+    if keep_f32 or outtype == "f32":
+        return np.ascontiguousarray(arr, dtype=np.float32)
+    if outtype == "f16":
+        out = np.ascontiguousarray(arr.astype(np.float16))
+        if not np.isfinite(out).all():
+            raise ConversionError(f"{name}: a weight overflows float16; convert with outtype bf16 or f32")
+        return out
+    # numpy has no bfloat16: write its raw 16-bit pattern (torch rounds to nearest even)
+    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).to(torch.bfloat16).view(torch.int16).numpy()
+
+
+def convert(model_dir, out_path, *, adapter_dir=None, outtype: str = "f16",
+            architectures: dict | None = None, progress: Callable[[int, int, str], None] | None = None,
+            tokenizer_dir=None, name: str | None = None, base_model: dict | None = None) -> dict:
+    """Write ``out_path`` (GGUF) from ``model_dir`` (+ optional PEFT ``adapter_dir``, merged on read).
+
+    ``architectures`` is the registry (default: the built-in llama entry); ``progress``
+    is called as ``progress(done, total, gguf_tensor_name)``. Returns a JSON-able report.
+    """
+    import gguf
+    import numpy as np
+
+    from ..merge import MergedView
+    from .tokenizer import build_tokenizer_export, write_tokenizer
+
+    outtype = outtype.lower()
+    if outtype not in OUTTYPES:
+        raise ConversionError(f"outtype {outtype!r} not supported (choose one of {', '.join(OUTTYPES)})")
+    t0 = time.monotonic()
+    model_dir = Path(model_dir)
+    tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir else model_dir
+    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                 "bf16": gguf.LlamaFileType.MOSTLY_BF16}[outtype]
+
+    with MergedView(model_dir, adapter_dir) as view:
+        config = view.config
+        arch = find_architecture(config, architectures)
+        planned, skipped = plan_tensors(view, arch)
+        rows = next(p.shape[0] for p in planned if p.gguf_name == "token_embd.weight")
+        export = build_tokenizer_export(tokenizer_dir, n_vocab=rows, config=config)
+        check_vocab(planned, export, config, model_dir)
+        extras = dict(arch.extra_tensors(config))
+
+        with atomic_path(out_path) as tmp:
+            writer = gguf.GGUFWriter(str(tmp), arch.gguf_arch)
+            try:
+                writer.add_type("model")
+                _lineage(writer, config, view.adapter_config,
+                         name or (Path(adapter_dir).name if adapter_dir else model_dir.name), base_model)
+                writer.add_file_type(int(file_type))
+                writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+                arch.write_hparams(config, writer)
+                write_tokenizer(writer, export)
+                for p in planned:
+                    f32 = p.keep_f32 or outtype == "f32"
+                    itemsize = 4 if f32 else 2
+                    n = int(np.prod(p.shape)) if p.shape else 1
+                    dtype = np.float32 if f32 else (np.float16 if outtype == "f16" else np.int16)
+                    raw = None if f32 or outtype == "f16" else gguf.GGMLQuantizationType.BF16
+                    writer.add_tensor_info(p.gguf_name, p.shape, np.dtype(dtype), n * itemsize, raw_dtype=raw)
+                writer.write_header_to_file()
+                writer.write_kv_data_to_file()
+                writer.write_ti_data_to_file()
+                total_bytes = 0
+                for i, p in enumerate(planned):
+                    if p.hf_name is None:
+                        arr = extras[p.gguf_name]
+                    else:
+                        arr = view.get(p.hf_name).numpy()
+                        arr = arch.transform(p.gguf_name, arr, config)
+                    data = _to_output(arr, p.keep_f32, outtype, p.hf_name or p.gguf_name)
+                    if tuple(data.shape) != p.shape:
+                        raise ConversionError(f"{p.hf_name}: transform changed shape {p.shape} -> {data.shape}")
+                    writer.write_tensor_data(data)
+                    total_bytes += data.nbytes
+                    if progress is not None:
+                        progress(i + 1, len(planned), p.gguf_name)
+                writer.flush()
+            finally:
+                writer.close()
+        merged = view.merged_names()
+
+    out_path = Path(out_path)
+    return {
+        "path": str(out_path), "arch": arch.name, "gguf_arch": arch.gguf_arch, "outtype": outtype,
+        "pre": export.pre, "n_tensors": len(planned), "tensor_bytes": total_bytes,
+        "file_bytes": out_path.stat().st_size, "skipped": skipped, "merged_tensors": len(merged),
+        "tokenizer": export.summary(), "seconds": round(time.monotonic() - t0, 3),
+    }

@@ -1,0 +1,258 @@
+"""Export a Hugging Face fast tokenizer (byte-level BPE) to GGUF tokenizer keys.
+
+llama.cpp re-implements each pre-tokenizer by name, so ``tokenizer.ggml.pre`` is
+chosen the way llama.cpp's own converter chooses it: hash the token ids of a fixed
+check string and look the hash up in a table. An unknown hash is an error, never a
+guess: a wrong name loads fine and silently tokenizes differently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UnknownTokenizer
+
+# Byte-exact copy of the check string in llama.cpp's converter (get_vocab_base_pre).
+CHECK_TEXT = (
+    "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n"
+    "\U0001F680 (normal) \U0001F636\u200d\U0001F32B\ufe0f (multiple emojis concatenated) "
+    "\u2705 \U0001F999\U0001F999 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 "
+    "\u1780\u17b6\u1793\u17cb\u178f\u17c2\u1796\u17b7\u179f\u17c1\u179f\u17a2\u17b6\u1785\U0001F601 "
+    "?\u6211\u60f3\u5728apple\u5de5\u4f5c1314151\u5929\uff5e ------======= "
+    "\u043d\u0435\u0449\u043e \u043d\u0430 \u0411\u044a\u043b\u0433\u0430\u0440\u0441\u043a\u0438 "
+    "''''''```````\"\"\"\"......!!!!!!?????? I've been 'told he's there, 'RE you sure? "
+    "'M not sure I'll make it, 'D you like some tea? We'Ve a'lL"
+)
+
+# sha256(str(ids of CHECK_TEXT)) -> llama.cpp pre-tokenizer name, from llama.cpp's
+# converter table; only names the vendored libllama knows. Where llama.cpp lists a
+# hash twice, its later entry wins, as there.
+KNOWN_PRE_HASHES = {
+    "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",
+    "049ecf7629871e3041641907f3de7c733e4dbfdc736f57d882ba0b0845599754": "deepseek-llm",
+    "347715f544604f9118bb75ed199f68779f423cabb20db6de6f31b908d04d7821": "deepseek-coder",
+    "8aeee3860c56296a157a1fe2fad249ec40aa59b1bb5709f4ade11c4e6fe652ed": "falcon",
+    "9d032fcbd5501f4a38150912590928bfb36091efb5df11b8e2124b0390e3fb1e": "falcon3",
+    "35d91631860c815f952d711435f48d356ebac988362536bed955d43bfa436e34": "starcoder",
+    "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454": "gpt-2",
+    "32d85c31273f8019248f2559fed492d929ea28b17e51d81d3bb36fff23ca72b3": "stablelm2",
+    "6221ad2852e85ce96f791f476e0b390cf9b474c9e3d1362f53a24a06dc8220ff": "refact",
+    "9c2227e4dd922002fb81bde4fc02b0483ca4f12911410dee2255e4987644e3f8": "command-r",
+    "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea": "qwen2",
+    "d4540891389ea895b53b399da6ac824becc30f2fba0e9ddbb98f92e55ca0e97c": "qwen2",
+    "b6dc8df998e1cfbdc4eac8243701a65afe638679230920b50d6f17d81c098166": "olmo",
+    "a8594e3edff7c29c003940395316294b2c623e09894deebbc65f33f1515df79e": "dbrx",
+    "c136ed14d01c2745d4f60a9596ae66800e2b61fa45643e72436041855ad4089d": "smaug-bpe",
+    "c7ea5862a53e4272c035c8238367063e2b270d51faa48c0f09e9d5b54746c360": "poro-chat",
+    "7fc505bd3104ca1083b150b17d088b59534ede9bde81f0dd2090967d7fe52cee": "viking",
+    "b53802fb28e26d645c3a310b34bfe07da813026ec7c7716883404d5e0f8b1901": "jais",
+    "7b3e7548e4308f52a76e8229e4e6cc831195d0d1df43aed21ac6c93da05fec5f": "codeshell",
+    "63b97e4253352e6f357cc59ea5b583e3a680eaeaf2632188c2b952de2588485e": "tekken",
+    "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249": "smollm",
+    "3c30d3ad1d6b64202cd222813e7736c2db6e1bd6d67197090fc1211fbc612ae7": "bloom",
+    "bc01ce58980e1db43859146dc51b1758b3b88729b217a74792e9f8d43e479d21": "gpt3-finnish",
+    "4e2b24cc4770243d65a2c9ec19770a72f08cffc161adbb73fcbb6b7dd45a0aae": "exaone",
+    "fcace8b9cac38ce847670c970cd5892031a753a1ef381abd1d9af00f713da085": "phi-2",
+    "60824e3c0d9401f89943cbb2fff727f0e2d4c545ba4df2d6e4f09a6db0f5b450": "chameleon",
+    "8b5a93ed704057481f240da0be7e7dca721d7f8f4755263b6807227a2cbeae65": "roberta-bpe",
+    "ad851be1dba641f2e3711822f816db2c265f788b37c63b4e1aeacb9ee92de8eb": "gigachat",
+    "d4c8f286ea6b520b3d495c4455483cfa2302c0cfcd4be05d781b6a8a0a7cdaf1": "megrez",
+    "877081d19cf6996e2c4ff0e1236341e9b7bde288f5311a56a937f0afbbb3aeb5": "deepseek-v3",
+    "b3f499bb4255f8ca19fccd664443283318f2fd2414d5e0b040fbdd0cc195d6c5": "deepseek-r1-qwen",
+    "ccc2ef013c104be7bae2965776d611e1d7a8a2a9c547dd93a682c9a9fc80352e": "gpt-4o",
+    "7dec86086fcc38b66b7bc1575a160ae21cf705be7718b9d5598190d7c12db76f": "superbpe",
+    "1994ffd01900cfb37395608534236ecd63f2bd5995d6cb1004dda1af50240f15": "trillion",
+    "96a5f08be6259352137b512d4157e333e21df7edd3fcd152990608735a65b224": "bailingmoe",
+    "d353350c764d8c3b39c763113960e4fb4919bea5fbf208a0e3b22e8469dc7406": "llama4",
+    "0e9433cbbb161f89e264eb32e8e64bfe69e834973ffca5d41d3948a604a3e2a3": "pixtral",
+    "d5f1dd6f980fec569fb218a81a7658ac45fc56b38c5a0adeb1c232fbe04ef5ec": "seed-coder",
+    "1431a23e583c97432bc230bff598d103ddb5a1f89960c8f1d1051aaa944d0b35": "minerva-7b",
+}
+
+# gguf.TokenType values (kept here so `plan` need not import gguf)
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+SPECIAL_NAMES = ("bos", "eos", "unk", "pad")
+
+
+@dataclass
+class TokenizerExport:
+    """Everything written under ``tokenizer.*``, computed before the file is opened."""
+
+    pre: str
+    pre_hash: str
+    tokens: list[str]
+    token_types: list[int]
+    merges: list[str]
+    special_ids: dict[str, int] = field(default_factory=dict)
+    add_bos: bool = False
+    add_eos: bool = False
+    chat_template: str | None = None
+    n_real_tokens: int = 0
+
+    def summary(self) -> dict:
+        return {"model": "gpt2", "pre": self.pre, "pre_hash": self.pre_hash,
+                "n_tokens": len(self.tokens), "n_real_tokens": self.n_real_tokens,
+                "n_merges": len(self.merges), "special_ids": dict(self.special_ids),
+                "add_bos": self.add_bos, "add_eos": self.add_eos,
+                "chat_template": self.chat_template is not None}
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _has_byte_level(node) -> bool:
+    if isinstance(node, dict):
+        if node.get("type") == "ByteLevel":
+            return True
+        return any(_has_byte_level(v) for v in node.values() if isinstance(v, (dict, list)))
+    if isinstance(node, list):
+        return any(_has_byte_level(v) for v in node)
+    return False
+
+
+def check_tokenizer_kind(tokenizer_dir: str | Path) -> dict:
+    """tokenizer.json parsed, after refusing what this exporter cannot write faithfully."""
+    tokenizer_dir = Path(tokenizer_dir)
+    tj_path = tokenizer_dir / "tokenizer.json"
+    if not tj_path.is_file():
+        if (tokenizer_dir / "tokenizer.model").is_file():
+            raise UnknownTokenizer(f"{tokenizer_dir / 'tokenizer.model'}: SentencePiece tokenizers are not "
+                                   "supported for GGUF export yet (byte-level BPE tokenizer.json only)")
+        raise UnknownTokenizer(f"{tj_path}: missing (a fast tokenizer.json is required)")
+    tj = json.loads(tj_path.read_text(encoding="utf-8"))
+    model = tj.get("model") or {}
+    if model.get("type") != "BPE" or model.get("byte_fallback") or not _has_byte_level(tj.get("pre_tokenizer")):
+        raise UnknownTokenizer(
+            f"{tj_path}: only byte-level BPE (ByteLevel pre-tokenizer, no byte_fallback) is supported; "
+            f"got model {model.get('type')!r}, byte_fallback={bool(model.get('byte_fallback'))} "
+            "(SentencePiece-style tokenizers are a later feature)")
+    return tj
+
+
+def _load_hf(tokenizer_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+
+
+def pre_tokenizer_hash(tok) -> str:
+    # Default add_special_tokens=True, exactly as llama.cpp hashes it (Llama 3's BOS is part of it).
+    return hashlib.sha256(str(tok.encode(CHECK_TEXT)).encode()).hexdigest()
+
+
+def _pre_from_hash(chkhsh: str, where: Path) -> str:
+    try:
+        return KNOWN_PRE_HASHES[chkhsh]
+    except KeyError:
+        raise UnknownTokenizer(
+            f"{where / 'tokenizer.json'}: pre-tokenizer hash {chkhsh} is not one llama.cpp knows; "
+            "refusing to guess tokenizer.ggml.pre") from None
+
+
+def pre_tokenizer_name(tokenizer_dir: str | Path) -> str:
+    """llama.cpp's ``tokenizer.ggml.pre`` name for this tokenizer (no weights loaded)."""
+    tokenizer_dir = Path(tokenizer_dir)
+    check_tokenizer_kind(tokenizer_dir)
+    return _pre_from_hash(pre_tokenizer_hash(_load_hf(tokenizer_dir)), tokenizer_dir)
+
+
+def _token_text(value) -> str | None:
+    if isinstance(value, dict):
+        return value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _special_ids(tokenizer_dir: Path, vocab: dict[str, int], config: dict) -> dict[str, int]:
+    """bos/eos/unk/pad from tokenizer_config.json, then config.json (as gguf-py's SpecialVocab)."""
+    tcfg = _read_json(tokenizer_dir / "tokenizer_config.json")
+    out: dict[str, int] = {}
+    for name in SPECIAL_NAMES:
+        text = _token_text(tcfg.get(f"{name}_token"))
+        if text is not None and text in vocab:
+            out[name] = vocab[text]
+            continue
+        cid = config.get(f"{name}_token_id")
+        if isinstance(cid, list):
+            cid = cid[0] if cid else None
+        if isinstance(cid, int):
+            out[name] = cid
+    return out
+
+
+def _looks_special(text: str) -> bool:
+    return (text.startswith("<|") and text.endswith("|>")) or text in ("<s>", "</s>", "<pad>", "<unk>", "<mask>")
+
+
+def build_tokenizer_export(tokenizer_dir: str | Path, *, n_vocab: int, config: dict | None = None) -> TokenizerExport:
+    """Tokens (padded to ``n_vocab`` embedding rows), types, merges, pre name, special ids, template."""
+    tokenizer_dir = Path(tokenizer_dir)
+    config = config or {}
+    tj = check_tokenizer_kind(tokenizer_dir)
+    tok = _load_hf(tokenizer_dir)
+    chkhsh = pre_tokenizer_hash(tok)
+    pre = _pre_from_hash(chkhsh, tokenizer_dir)
+
+    vocab = tok.get_vocab()
+    added = tok.get_added_vocab()
+    decoder = getattr(tok, "added_tokens_decoder", {}) or {}
+    if vocab and max(vocab.values()) >= n_vocab:
+        raise UnknownTokenizer(f"{tokenizer_dir / 'tokenizer.json'}: token id {max(vocab.values())} "
+                               f"does not fit the {n_vocab} embedding rows")
+    by_id = {i: t for t, i in vocab.items()}
+    tokens: list[str] = []
+    types: list[int] = []
+    for i in range(n_vocab):
+        text = by_id.get(i)
+        if text is None:
+            tokens.append(f"[PAD{i}]")
+            types.append(UNUSED)
+        elif text in added:
+            special = bool(getattr(decoder.get(i), "special", False))
+            # CONTROL tokens are what llama.cpp matches as one token in special-aware parsing
+            types.append(CONTROL if special or _looks_special(text) else USER_DEFINED)
+            tokens.append(text)
+        else:
+            types.append(NORMAL)
+            tokens.append(text)
+
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tj["model"].get("merges") or []]
+    if not merges:
+        raise UnknownTokenizer(f"{tokenizer_dir / 'tokenizer.json'}: BPE tokenizer has no merges")
+
+    special = _special_ids(tokenizer_dir, vocab, config)
+    probe = "Hello world"
+    with_special, plain = tok.encode(probe), tok.encode(probe, add_special_tokens=False)
+    bos, eos = special.get("bos"), special.get("eos")
+    add_bos = bos is not None and with_special[:1] == [bos] and plain[:1] != [bos]
+    add_eos = eos is not None and with_special[-1:] == [eos] and plain[-1:] != [eos]
+
+    template = getattr(tok, "chat_template", None)
+    if template is None:
+        template = _read_json(tokenizer_dir / "tokenizer_config.json").get("chat_template")
+    if template is None and (tokenizer_dir / "chat_template.jinja").is_file():
+        template = (tokenizer_dir / "chat_template.jinja").read_text(encoding="utf-8")
+    if isinstance(template, dict):
+        template = [{"name": k, "template": v} for k, v in template.items()]
+
+    return TokenizerExport(pre=pre, pre_hash=chkhsh, tokens=tokens, token_types=types, merges=merges,
+                           special_ids=special, add_bos=add_bos, add_eos=add_eos,
+                           chat_template=template, n_real_tokens=len(vocab))
+
+
+def write_tokenizer(writer, export: TokenizerExport) -> None:
+    """Add the ``tokenizer.*`` keys to a gguf.GGUFWriter."""
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(export.pre)
+    writer.add_token_list(export.tokens)
+    writer.add_token_types([int(t) for t in export.token_types])
+    writer.add_token_merges(export.merges)
+    for name, tid in export.special_ids.items():
+        getattr(writer, f"add_{name}_token_id")(int(tid))
+    writer.add_add_bos_token(bool(export.add_bos))
+    writer.add_add_eos_token(bool(export.add_eos))
+    if export.chat_template:
+        writer.add_chat_template(export.chat_template)

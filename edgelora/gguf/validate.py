@@ -1,0 +1,261 @@
+"""Validation ladder steps 2-4 for a written GGUF.
+
+2. read it back (keys present with llama.cpp's types, 1-D tensors F32);
+3. llama.cpp's tokenizer equals the HF tokenizer on hard text and chat tokens;
+4. llama.cpp logits equal HF float32 logits (argmax agreement, max |delta|).
+
+Each classic conversion bug (missing q/k permutation, wrong rope theta, wrong
+pre-tokenizer, untyped special tokens) loads fine and is only caught here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from ..errors import FidelityError
+
+TOKENIZER_TEXTS = (
+    "Hello world! How are you today?",
+    "  leading spaces,\ttabs\t\tand\n\n\nnewlines   \n  trailing   ",
+    "Digits: 3 33 333 3333 12345678 3.14159 1,000,000 2024-05-17",
+    "Emoji \U0001F680\U0001F999 \U0001F636\u200d\U0001F32B\ufe0f and CJK \u6211\u60f3\u5728apple\u5de5\u4f5c \u3053\u3093\u306b\u3061\u306f",
+    "Mixed: I've been 'told he's there; we'Ve ------======= \u043d\u0435\u0449\u043e \u0411\u044a\u043b\u0433\u0430\u0440\u0441\u043a\u0438",
+    "code:\n    def f(x):\n        return x ** 2  # square\n",
+)
+LOGIT_PROMPTS = (
+    "The capital of France is",
+    "def fibonacci(n):\n    if n < 2:\n        return n\n",
+    "Once upon a time, in a small village by the sea, there lived",
+    "Q: What is 17 times 23?\nA:",
+)
+
+
+def read_back(gguf_path) -> dict:
+    """Ladder step 2: parse the written file and check what llama.cpp will read."""
+    from gguf import GGMLQuantizationType
+
+    from .reader import read_metadata
+
+    meta = read_metadata(gguf_path)
+    kv, types = meta.kv, meta.kv_types
+    problems: list[str] = []
+    arch = kv.get("general.architecture")
+    if arch is None:
+        return {"path": str(gguf_path), "problems": ["general.architecture missing"]}
+    required = {
+        "general.architecture": ("STRING",), "general.type": ("STRING",),
+        "general.file_type": ("UINT32",), "general.quantization_version": ("UINT32",),
+        f"{arch}.context_length": ("UINT32",), f"{arch}.embedding_length": ("UINT32",),
+        f"{arch}.block_count": ("UINT32",), f"{arch}.feed_forward_length": ("UINT32",),
+        f"{arch}.attention.head_count": ("UINT32",), f"{arch}.attention.head_count_kv": ("UINT32",),
+        f"{arch}.attention.layer_norm_rms_epsilon": ("FLOAT32",), f"{arch}.rope.freq_base": ("FLOAT32",),
+        "tokenizer.ggml.model": ("STRING",), "tokenizer.ggml.pre": ("STRING",),
+        "tokenizer.ggml.tokens": ("ARRAY", "STRING"), "tokenizer.ggml.token_type": ("ARRAY", "INT32"),
+    }
+    if kv.get("tokenizer.ggml.model") == "gpt2":
+        required["tokenizer.ggml.merges"] = ("ARRAY", "STRING")
+    for key, want in required.items():
+        if key not in kv:
+            problems.append(f"{key} missing")
+        elif types[key] != want:
+            problems.append(f"{key} has type {types[key]}, expected {want}")
+
+    n_tokens = len(kv.get("tokenizer.ggml.tokens") or [])
+    tensor_types: dict[str, int] = {}
+    embd_rows = None
+    for name, shape, ttype, _ in meta.tensors:
+        tname = GGMLQuantizationType(ttype).name
+        tensor_types[tname] = tensor_types.get(tname, 0) + 1
+        if len(shape) == 1 and ttype != GGMLQuantizationType.F32:
+            problems.append(f"1-D tensor {name} is {tname}, expected F32")
+        if name == "token_embd.weight":
+            embd_rows = int(shape[-1])  # gguf shapes are innermost-first
+    if embd_rows is None:
+        problems.append("token_embd.weight missing")
+    elif embd_rows != n_tokens:
+        problems.append(f"{n_tokens} tokens but token_embd has {embd_rows} rows")
+    for name in ("bos", "eos", "unk", "pad"):
+        tid = kv.get(f"tokenizer.ggml.{name}_token_id")
+        if tid is not None and not 0 <= int(tid) < max(n_tokens, 1):
+            problems.append(f"tokenizer.ggml.{name}_token_id {tid} out of range")
+    return {
+        "path": str(gguf_path), "arch": arch, "pre": kv.get("tokenizer.ggml.pre"),
+        "n_keys": len(kv), "n_tensors": len(meta.tensors), "tensor_types": tensor_types,
+        "n_tokens": n_tokens, "rope_freq_base": kv.get(f"{arch}.rope.freq_base"),
+        "rms_eps": kv.get(f"{arch}.attention.layer_norm_rms_epsilon"),
+        "add_bos": kv.get("tokenizer.ggml.add_bos_token"), "problems": problems,
+    }
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """llama.cpp logs to fd 2 from C even with verbose=False at load time."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+@contextlib.contextmanager
+def _plain_cpu_buffers():
+    """Load weights without llama.cpp's CPU "extra buffer types" (weight repacking).
+
+    With them, llama-cpp-python 0.3.36 segfaults in decode on Q4_0/Q8_0 models on this
+    AVX-512/AMX host (reproduced on SmolLM2-135M); plain buffers give the same logits.
+    Llama() has no argument for it, so the default model params are patched while loading.
+    """
+    import llama_cpp.llama as llama_mod
+
+    lowlevel = llama_mod.llama_cpp
+    original = lowlevel.llama_model_default_params
+
+    def params():
+        p = original()
+        p.use_extra_bufts = False
+        return p
+
+    lowlevel.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        lowlevel.llama_model_default_params = original
+
+
+def load_llama(gguf_path, **kwargs):
+    """llama_cpp.Llama for checks: small context, 2 threads, quiet, no weight repacking."""
+    from llama_cpp import Llama
+
+    kwargs = {"verbose": False, "n_threads": 2, "n_threads_batch": 2, **kwargs}
+    with _quiet_stderr(), _plain_cpu_buffers():
+        return Llama(model_path=str(gguf_path), **kwargs)
+
+
+def _hf_tokenizer(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+
+
+def _chat_text(tok) -> str | None:
+    if not getattr(tok, "chat_template", None):
+        return None
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi there!  2+2=?"},
+                {"role": "assistant", "content": "4 \U0001F600"}]
+    try:
+        return tok.apply_chat_template(messages, tokenize=False)
+    except Exception:  # a template may reject a system turn; the rest still tests tokens
+        return tok.apply_chat_template(messages[1:], tokenize=False)
+
+
+def check_tokenization(gguf_path, tokenizer_dir, texts=None) -> dict:
+    """Ladder step 3: llama.cpp (vocab only) tokenizes like HF, with and without BOS/special parsing."""
+    tok = _hf_tokenizer(tokenizer_dir)
+    llm = load_llama(gguf_path, vocab_only=True)
+    texts = list(texts or TOKENIZER_TEXTS)
+    chat = _chat_text(tok)
+    if chat:
+        texts.append(chat)
+    mismatches = []
+    for text in texts:
+        # special=True: chat tokens such as <|im_start|> must come out as one id, as in HF
+        plain_hf = tok.encode(text, add_special_tokens=False)
+        plain_cpp = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        full_hf = tok.encode(text)
+        full_cpp = llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+        for kind, a, b in (("plain", plain_hf, plain_cpp), ("with-special", full_hf, full_cpp)):
+            if list(a) != list(b):
+                mismatches.append({"text": text[:60], "kind": kind, "hf": list(a)[:24], "llama_cpp": list(b)[:24]})
+    del llm
+    return {"n_texts": len(texts), "chat_template_checked": chat is not None,
+            "mismatches": mismatches, "ok": not mismatches}
+
+
+def _hf_model(model_dir, adapter_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, local_files_only=True)
+    if adapter_dir is not None:
+        # PEFT is an independent path from MergedView: it also checks the merge itself
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+    return model.eval()
+
+
+def compare_logits(gguf_path, model_dir, adapter_dir=None, prompts=None, n_tokens: int = 64,
+                   tokenizer_dir=None) -> dict:
+    """Ladder step 4: per-position argmax agreement and max |delta logit|, HF fp32 vs llama.cpp.
+
+    Each prompt is extended to ``n_tokens`` with HF's own greedy continuation, then both
+    sides score the same token sequence (teacher forcing).
+    """
+    import numpy as np
+    import torch
+
+    tok = _hf_tokenizer(tokenizer_dir or model_dir)
+    model = _hf_model(model_dir, adapter_dir)
+    llm = load_llama(gguf_path, n_ctx=512, n_batch=512, logits_all=True)
+    per_prompt = []
+    agree = total = 0
+    max_delta = 0.0
+    try:
+        for prompt in prompts or LOGIT_PROMPTS:
+            ids = tok.encode(prompt)[:n_tokens]
+            with torch.no_grad():
+                if len(ids) < n_tokens:
+                    out = model.generate(torch.tensor([ids]), max_new_tokens=n_tokens - len(ids), do_sample=False,
+                                         min_new_tokens=n_tokens - len(ids), pad_token_id=tok.pad_token_id
+                                         if tok.pad_token_id is not None else 0)
+                    ids = out[0].tolist()[:n_tokens]
+                hf = model(torch.tensor([ids])).logits[0].float().numpy()
+            llm.reset()
+            llm.eval(ids)
+            cpp = np.array(llm.scores[: len(ids), :], dtype=np.float32)
+            if cpp.shape != hf.shape:
+                raise FidelityError(f"{gguf_path}: logits shape {cpp.shape} != HF {hf.shape}")
+            same = int((cpp.argmax(-1) == hf.argmax(-1)).sum())
+            delta = float(np.abs(cpp - hf).max())
+            per_prompt.append({"prompt": prompt[:40], "tokens": len(ids), "top1": same / len(ids),
+                               "max_abs_delta": delta})
+            agree += same
+            total += len(ids)
+            max_delta = max(max_delta, delta)
+    finally:
+        del llm
+    return {"top1_agreement": agree / max(total, 1), "max_abs_delta": max_delta, "positions": total,
+            "prompts": per_prompt}
+
+
+def validate(gguf_path, model_dir, adapter_dir=None, min_top1: float = 0.98, *, tokenizer_dir=None,
+             prompts=None, n_tokens: int = 64) -> dict:
+    """Run ladder steps 2-4; raise FidelityError (with the numbers) on any failure."""
+    tokenizer_dir = tokenizer_dir or model_dir
+    report = {"read_back": read_back(gguf_path)}
+    if report["read_back"]["problems"]:
+        raise FidelityError(f"{gguf_path}: read-back problems: {'; '.join(report['read_back']['problems'][:4])}")
+    report["tokenization"] = check_tokenization(gguf_path, tokenizer_dir)
+    if not report["tokenization"]["ok"]:
+        first = report["tokenization"]["mismatches"][0]
+        raise FidelityError(f"{gguf_path}: llama.cpp tokenizes {first['text']!r} ({first['kind']}) as "
+                            f"{first['llama_cpp']} but HF gives {first['hf']}")
+    report["logits"] = compare_logits(gguf_path, model_dir, adapter_dir, prompts=prompts, n_tokens=n_tokens,
+                                      tokenizer_dir=tokenizer_dir)
+    top1 = report["logits"]["top1_agreement"]
+    if top1 < min_top1:
+        raise FidelityError(f"{gguf_path}: top-1 agreement with HF {top1:.3f} < {min_top1} "
+                            f"(max |delta logit| {report['logits']['max_abs_delta']:.3g} over "
+                            f"{report['logits']['positions']} positions)")
+    report["ok"] = True
+    return report

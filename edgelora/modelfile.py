@@ -1,0 +1,184 @@
+"""Render an Ollama Modelfile that Ollama parses back exactly as intended.
+
+Ollama's Modelfile values have no escapes: a ``\"\"\"`` value ends at the first line whose
+trimmed text ends with ``\"\"\"``; non-printable runes are silently dropped; CR is kept. So
+instead of escaping, the renderer refuses any value the parser would change, naming the
+field. The TEMPLATE is chosen by rendering fixed conversations through the tokenizer's own
+Jinja template and through each shipped Go template and requiring identical text.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+from . import resources
+from .errors import ModelfileError
+
+# Integer-valued Modelfile parameters: Ollama rejects "4096.0" for these.
+INT_PARAMETERS = {"num_ctx", "num_batch", "num_gpu", "num_thread", "num_keep", "seed", "num_predict", "top_k",
+                  "repeat_last_n"}
+FLOAT_PARAMETERS = {"top_p", "typical_p", "temperature", "repeat_penalty", "presence_penalty", "frequency_penalty",
+                    "min_p"}
+_GGUF_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*\.gguf")
+MAX_NUM_CTX = 1 << 20
+
+# Conversations that separate the common chat families and their quirks (default system
+# prompts, dropped empty turns, text that looks like template syntax, non-ASCII).
+PROBE_CONVERSATIONS: list[list[dict]] = [
+    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hello there"}],
+    [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "What is 2+2?"},
+     {"role": "assistant", "content": "Quatre."}, {"role": "user", "content": "And 3+3?"}],
+    [{"role": "user", "content": "No system prompt here."}],
+    [{"role": "user", "content": "First"}, {"role": "assistant", "content": "Second"},
+     {"role": "user", "content": "Third"}],
+    [{"role": "system", "content": "Réponds en émoji 🙂"}, {"role": "user", "content": "Ünïcödé 日本語 — «quotes» 🚀"}],
+    [{"role": "user", "content": ""}],
+    [{"role": "system", "content": ""}, {"role": "user", "content": "x"}, {"role": "assistant", "content": ""},
+     {"role": "user", "content": "{{ .Content }} {% raw %} <no value>"}],
+]
+
+
+def _check_block(field: str, text: str) -> None:
+    if not isinstance(text, str):
+        raise ModelfileError(f"{field}: expected text, got {type(text).__name__}")
+    if "\r" in text:
+        raise ModelfileError(f"{field}: contains a carriage return (Modelfiles are LF only)")
+    for ch in text:
+        if ch not in "\t\n" and not ch.isprintable():
+            raise ModelfileError(f"{field}: contains non-printable character U+{ord(ch):04X} that Ollama drops")
+    for n, line in enumerate(text.split("\n"), 1):
+        if line.rstrip().endswith('"""'):
+            raise ModelfileError(f'{field}: line {n} ends with """ which would end the value early')
+
+
+def _check_stop(stop) -> None:
+    if not isinstance(stop, str) or not stop:
+        raise ModelfileError(f"PARAMETER stop: expected a non-empty string, got {stop!r}")
+    if '"' in stop:
+        raise ModelfileError(f"PARAMETER stop: {stop!r} contains a double quote, which Modelfiles cannot escape")
+    if stop != stop.strip(" \t\n"):
+        raise ModelfileError(f"PARAMETER stop: {stop!r} has leading or trailing whitespace")
+    if any(not ch.isprintable() for ch in stop):
+        raise ModelfileError(f"PARAMETER stop: {stop!r} contains a non-printable character")
+
+
+def _format_parameter(name: str, value) -> str:
+    if name in ("stop", "num_ctx"):
+        raise ModelfileError(f"PARAMETER {name}: set through the dedicated argument, not parameters")
+    if name not in INT_PARAMETERS | FLOAT_PARAMETERS:
+        raise ModelfileError(f"PARAMETER {name}: not a portable Ollama parameter")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ModelfileError(f"PARAMETER {name}: expected a number, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ModelfileError(f"PARAMETER {name}: {value!r} is not finite")
+    if name in INT_PARAMETERS:
+        if isinstance(value, float) and not value.is_integer():
+            raise ModelfileError(f"PARAMETER {name}: expected an integer, got {value!r}")
+        return str(int(value))
+    return repr(float(value))
+
+
+def render_modelfile(*, gguf_name: str, template_text: str, stops: list[str], num_ctx: int,
+                     system: str | None = None, parameters: dict | None = None) -> str:
+    """Modelfile text for a GGUF beside it; raises ModelfileError naming the bad field."""
+    import jinja2
+
+    if not isinstance(gguf_name, str) or not _GGUF_NAME.fullmatch(gguf_name):
+        raise ModelfileError(f"FROM: {gguf_name!r} must be a plain file name ending in .gguf (no folders, no spaces)")
+    _check_block("TEMPLATE", template_text)
+    if not template_text.strip():
+        raise ModelfileError("TEMPLATE: empty")
+    if system is not None:
+        _check_block("SYSTEM", system)
+    if isinstance(num_ctx, bool) or not isinstance(num_ctx, int) or not 0 < num_ctx <= MAX_NUM_CTX:
+        raise ModelfileError(f"PARAMETER num_ctx: expected an integer in 1..{MAX_NUM_CTX}, got {num_ctx!r}")
+    stops = list(stops)
+    if not stops:
+        raise ModelfileError("PARAMETER stop: at least one stop string is required (else generation never ends)")
+    for stop in stops:
+        _check_stop(stop)
+    if len(set(stops)) != len(stops):
+        raise ModelfileError("PARAMETER stop: duplicate stop strings")
+    params = [(k, _format_parameter(k, v)) for k, v in sorted((parameters or {}).items())]
+
+    env = jinja2.Environment(autoescape=False, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    template = env.from_string(resources.modelfile_template().read_text(encoding="utf-8"))
+    text = template.render(gguf_name=gguf_name, template_text=template_text, system=system, num_ctx=num_ctx,
+                           stops=stops, parameters=params)
+    return text.rstrip("\n") + "\n"
+
+
+def available_chat_templates() -> dict[str, str]:
+    """Shipped Go TEMPLATE bodies by name (``templates/chat/<name>.tmpl``)."""
+    folder = resources.templates_dir() / "chat"
+    return {p.stem: p.read_text(encoding="utf-8") for p in sorted(folder.glob("*.tmpl"))}
+
+
+def render_jinja_cases(chat_template_jinja: str, conversations, special_tokens: dict) -> list[str | None]:
+    """Jinja renderings; None where the template itself refuses the conversation."""
+    from .chat_jinja import ChatTemplateError, render_chat
+
+    out = []
+    for conv in conversations:
+        try:
+            out.append(render_chat(chat_template_jinja, conv, special_tokens=special_tokens))
+        except ChatTemplateError as e:
+            if "sandbox" in str(e) or "exceeded" in str(e) or "exceeds" in str(e):
+                raise
+            out.append(None)
+    return out
+
+
+def compare_templates(chat_template_jinja: str, go_text: str, *, special_tokens: dict | None = None,
+                      renderer=None) -> list[dict]:
+    """Mismatches between the Jinja template and a Go TEMPLATE on PROBE_CONVERSATIONS."""
+    from . import gotmpl
+
+    renderer = renderer or gotmpl.render
+    expected = render_jinja_cases(chat_template_jinja, PROBE_CONVERSATIONS, special_tokens or {})
+    cases = [(c, e) for c, e in zip(PROBE_CONVERSATIONS, expected) if e is not None]
+    if len(cases) < 3:
+        raise ModelfileError("chat_template: refuses most test conversations; cannot prove a TEMPLATE")
+    try:
+        got = renderer(go_text, [c for c, _ in cases])
+    except gotmpl.GoTemplateError as e:
+        return [{"conversation": None, "error": str(e)}]
+    return [{"conversation": c, "expected": e, "got": g} for (c, e), g in zip(cases, got) if e != g]
+
+
+def _stops_from(rendered: list[str], tokens: set[str]) -> list[str]:
+    # BOS is kept on purpose: in ChatML tokenizers it is <|im_start|>, a turn marker.
+    found = []
+    for tok in sorted(tokens, key=lambda t: min((r.find(t) for r in rendered if t in r), default=1 << 30)):
+        if any(tok in r for r in rendered) and tok not in found:
+            found.append(tok)
+    return found
+
+
+def choose_chat_template(chat_template_jinja: str, tokenizer_dir=None) -> tuple[str, str, list[str]]:
+    """(name, Go TEMPLATE text, stop strings) of the shipped template that renders exactly
+    like ``chat_template_jinja``; ModelfileError "no chat template matches" otherwise."""
+    from . import gotmpl
+    from .chat_jinja import added_tokens, load_tokenizer_template
+
+    special_tokens: dict = {}
+    tokens: set[str] = set()
+    if tokenizer_dir is not None and Path(tokenizer_dir).is_dir():
+        try:
+            _, special_tokens = load_tokenizer_template(tokenizer_dir)
+        except ModelfileError:
+            special_tokens = {}
+        tokens = added_tokens(tokenizer_dir)
+    for name, go_text in available_chat_templates().items():
+        if compare_templates(chat_template_jinja, go_text, special_tokens=special_tokens):
+            continue
+        rendered = gotmpl.render(go_text, PROBE_CONVERSATIONS)
+        if not tokens:  # no tokenizer files: take the special-looking markers the template emits
+            tokens = set(re.findall(r"<\|[^|<>\s]+\|>|<[a-z_]+>|\[/?INST\]", "".join(rendered)))
+        stops = _stops_from(rendered, tokens)
+        if not stops:
+            raise ModelfileError(f"templates/chat/{name}.tmpl: matches but no end-of-turn token found for stops")
+        return name, go_text, stops
+    raise ModelfileError("chat_template: no chat template matches (add a templates/chat/*.tmpl that renders identically)")
