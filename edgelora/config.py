@@ -56,7 +56,7 @@ class TrainConfig:
     dropout: float = _f(0.05, "LoRA dropout.")
     target_modules: list = _f(["all-linear"], "Modules to adapt; 'all-linear' means every Linear but lm_head.")
     learning_rate: float = _f(2e-4, "Peak learning rate (cosine schedule with warmup).")
-    epochs: float = _f(3.0, "Passes over the training data (2-4 is the usual advice).")
+    epochs: int = _f(3, "Passes over the training data (2-4 is the usual advice).")
     max_steps: int = _f(0, "Stop after this many optimizer steps (0: no limit).")
     max_seconds: int = _f(0, "Stop training cleanly after this many seconds (0: no limit).")
     batch_size: int = _f(8, "Micro-batch size.")

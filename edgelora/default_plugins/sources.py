@@ -21,9 +21,13 @@ def _local(cfg, project_dir: Path, dest_dir: Path, download: bool = False) -> di
 
 
 def _gguf(cfg, project_dir: Path, dest_dir: Path, download: bool = False) -> dict:
-    from ..sources import import_gguf
+    from ..lock import read_lock
+    from ..sources import fetch_gguf
 
-    return import_gguf(_resolve(project_dir, cfg.path), dest_dir)
+    # Once pinned, a changed GGUF is refused by hash before anything parses it.
+    pinned = read_lock(project_dir)
+    expected = pinned.get("revision") if pinned and pinned.get("source") == "gguf" else None
+    return fetch_gguf(_resolve(project_dir, cfg.path), dest_dir, expected_sha256=expected or None)
 
 
 def _hf(cfg, project_dir: Path, dest_dir: Path, download: bool = False) -> dict:

@@ -20,13 +20,15 @@ def fetch_base(ctx, download: bool = False) -> dict:
                           f"(known: {', '.join(sorted(ctx.registry.sources))})")
     dest = ctx.work_dir / "base" / cfg.source
     result = source.fetch(cfg, ctx.project_dir, dest, download=download)
-    entry = {"source": result.get("source", cfg.source), "revision": result.get("revision", ""),
-             "files": result["files"]}
+    entry = {k: v for k, v in result.items() if k != "path"}
+    entry.setdefault("source", cfg.source)
+    entry.setdefault("revision", "")
     if read_lock(ctx.project_dir) is None:
         write_lock(ctx.project_dir, entry)
         ctx.log(f"  pinned {len(entry['files'])} base files in edgelora.lock")
     else:
-        check_lock(ctx.project_dir, Path(result["path"]), result["files"])
+        check_lock(ctx.project_dir, Path(result["path"]), result["files"], source=entry["source"],
+                   revision=entry["revision"], delete_bad=entry["source"] == "hf")
     return {A.BASE: {"path": str(Path(result["path"]).resolve()), "files": result["files"],
                      "source": entry["source"], "revision": entry["revision"]}}
 
