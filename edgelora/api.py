@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Iterable
 
 from . import artifacts as A
 from . import config as config_mod

@@ -9,8 +9,6 @@ an empty context (no prefix reuse) so record and replay evaluate the same batche
 from __future__ import annotations
 
 import math
-import os
-import threading
 
 from .errors import VerifyError
 from .fsutil import sha256_bytes, sha256_json
@@ -20,42 +18,17 @@ PROBE_SEED = 0
 DEFAULT_LOGIT_TOLERANCE = 0.05
 
 
-_LOAD_LOCK = threading.Lock()
 
 
 def load_llama(gguf_path, *, n_threads=None, n_ctx: int = PROBE_N_CTX, extra_buffer_types: bool = False):
-    """A llama-cpp-python model for greedy checks.
+    """A llama-cpp-python model for greedy checks (portable CPU kernels: edgelora.llama_runtime)."""
+    from .llama_runtime import open_llama
 
-    CPU "extra buffer types" (AMX and repacked layouts) are off by default: their kernels
-    depend on the CPU, so build host and target would not compute the same logits, and the
-    AMX kernel of llama-cpp-python 0.3.36 crashes on multi-token batches on CPUs that
-    advertise AMX (seen on this project's build machine). Llama() has no argument for it,
-    so the default-params factory is wrapped while the model loads.
-    """
-    import llama_cpp
-    import llama_cpp.llama as llama_module
-
-    lib = llama_module.llama_cpp
-    original = lib.llama_model_default_params
-
-    def params_without_extra_bufts():
-        params = original()
-        params.use_extra_bufts = extra_buffer_types
-        return params
-
-    # Batch threads default to every core; with OpenMP spinning on a shared 2-core machine
-    # that was 10x slower than one thread, so both counts follow n_threads.
-    n_threads = n_threads or max(1, (os.cpu_count() or 2) // 2)
-    with _LOAD_LOCK:
-        lib.llama_model_default_params = params_without_extra_bufts
-        try:
-            return llama_cpp.Llama(str(gguf_path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
-                                   seed=PROBE_SEED,
-                                   verbose=False, logits_all=False)
-        except (ValueError, RuntimeError, OSError) as e:
-            raise VerifyError(f"{gguf_path}: llama-cpp-python cannot load it: {e}") from e
-        finally:
-            lib.llama_model_default_params = original
+    try:
+        return open_llama(gguf_path, extra_buffer_types=extra_buffer_types, n_threads=n_threads,
+                          n_ctx=n_ctx, seed=PROBE_SEED, logits_all=False)
+    except (ValueError, RuntimeError, OSError) as e:
+        raise VerifyError(f"{gguf_path}: llama-cpp-python cannot load it: {e}") from e
 
 
 def chat_template_of(llm) -> tuple[str, dict]:

@@ -139,7 +139,8 @@ def test_runner_caches_and_wrapper_sees_every_stage(tmp_path):
     assert calls == ["one", "two"], "unchanged inputs must skip both stages"
     (tmp_path / "one.txt").write_text("tampered")
     run(_ctx(tmp_path, reg), stages, loaded.pm)
-    assert calls == ["one", "two", "one", "two"], "a changed output must re-run"
+    assert calls == ["one", "two", "one"], "a tampered output re-runs its stage; same content downstream skips"
+    assert (tmp_path / "one.txt").read_text() == "one"
     import dataclasses
 
     ctx = _ctx(tmp_path, reg)

@@ -10,8 +10,6 @@ pre-tokenizer, untyped special tokens) loads fine and is only caught here.
 
 from __future__ import annotations
 
-import contextlib
-import os
 
 from ..errors import FidelityError
 
@@ -88,56 +86,11 @@ def read_back(gguf_path) -> dict:
     }
 
 
-@contextlib.contextmanager
-def _quiet_stderr():
-    """llama.cpp logs to fd 2 from C even with verbose=False at load time."""
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-@contextlib.contextmanager
-def _plain_cpu_buffers():
-    """Load weights without llama.cpp's CPU "extra buffer types" (weight repacking).
-
-    With them, llama-cpp-python 0.3.36 segfaults in decode on Q4_0/Q8_0 models on this
-    AVX-512/AMX host (reproduced on SmolLM2-135M); plain buffers give the same logits.
-    Llama() has no argument for it, so the default model params are patched while loading.
-    """
-    import llama_cpp.llama as llama_mod
-
-    lowlevel = llama_mod.llama_cpp
-    original = lowlevel.llama_model_default_params
-
-    def params():
-        p = original()
-        p.use_extra_bufts = False
-        return p
-
-    lowlevel.llama_model_default_params = params
-    try:
-        yield
-    finally:
-        lowlevel.llama_model_default_params = original
-
-
 def load_llama(gguf_path, **kwargs):
-    """llama_cpp.Llama for checks: small context, 2 threads, quiet, no weight repacking."""
-    from llama_cpp import Llama
+    """llama_cpp.Llama for checks: quiet, portable CPU kernels (see edgelora.llama_runtime)."""
+    from ..llama_runtime import open_llama
 
-    kwargs = {"verbose": False, "n_threads": 2, "n_threads_batch": 2, **kwargs}
-    with _quiet_stderr(), _plain_cpu_buffers():
-        return Llama(model_path=str(gguf_path), **kwargs)
+    return open_llama(gguf_path, **kwargs)
 
 
 def _hf_tokenizer(tokenizer_dir):

@@ -1,0 +1,151 @@
+"""`edgelora build` end to end on a tiny local Llama: bundle, verify, stage cache, bad inputs."""
+
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgelora import api
+from edgelora.cli import cli
+from edgelora.errors import LockMismatch
+
+DEMO = Path(__file__).resolve().parents[2] / "demo" / "data"
+
+CONFIG = """
+[project]
+name = "tiny"
+version = "0.1.0"
+[base]
+source = "local"
+path = "{base}"
+[data]
+train = "data/train.jsonl"
+heldout = "data/heldout.jsonl"
+max_seq_length = 96
+[train]
+r = 4
+alpha = 8
+max_steps = 2
+batch_size = 4
+eval_every = 1
+[export]
+quantize = {quantize}
+min_top1_agreement = 0.9
+[bundle]
+probes = 1
+probe_tokens = 4
+"""
+
+
+def _project(tmp_path: Path, base: Path, quantize='["Q8_0"]') -> Path:
+    proj = tmp_path / "proj"
+    (proj / "data").mkdir(parents=True, exist_ok=True)
+    lines = (DEMO / "train.jsonl").read_text().splitlines()
+    (proj / "data" / "train.jsonl").write_text("\n".join(lines[:16]) + "\n")
+    (proj / "data" / "heldout.jsonl").write_text("\n".join(lines[16:19]) + "\n")
+    (proj / "edgelora.toml").write_text(CONFIG.format(base=base, quantize=quantize))
+    return proj
+
+
+@pytest.fixture(scope="module")
+def built(tiny_llama_dir, tmp_path_factory):
+    base = tmp_path_factory.mktemp("base") / "tiny"
+    shutil.copytree(tiny_llama_dir, base)
+    proj = _project(tmp_path_factory.mktemp("build"), base)
+    logs: list[str] = []
+    result = api.build(proj, log=logs.append)
+    return proj, base, result, logs
+
+
+def test_build_writes_verified_bundle(built):
+    proj, _, result, logs = built
+    bundle = Path(result["bundle"]["dir"])
+    assert bundle == proj / "dist" / "tiny-0.1.0"
+    assert result["verify_ok"] is True
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    paths = {f["path"] for f in manifest["files"]}
+    assert {"tiny.Q8_0.gguf", "Modelfile", "README.md"} <= paths
+    assert manifest["provenance"]["adapter"]["r"] == 4
+    assert manifest["provenance"]["base"]["files"]["model.safetensors"]
+    assert manifest["probes"]["items"], "probes must be recorded for verify"
+    assert "FROM ./tiny.Q8_0.gguf" in (bundle / "Modelfile").read_text()
+    with tarfile.open(result["bundle"]["tar"]) as tar:
+        assert all(m.isfile() for m in tar.getmembers())
+    assert (proj / "edgelora.lock").is_file()
+
+
+def test_cli_verify_tar_and_tamper(built, tmp_path):
+    proj, _, result, _ = built
+    runner = CliRunner()
+    ok = runner.invoke(cli, ["verify", result["bundle"]["tar"]])
+    assert ok.exit_code == 0, ok.output
+    copy = tmp_path / "b"
+    shutil.copytree(result["bundle"]["dir"], copy)
+    gguf = copy / "tiny.Q8_0.gguf"
+    data = bytearray(gguf.read_bytes())
+    data[-10] ^= 1
+    gguf.write_bytes(bytes(data))
+    bad = runner.invoke(cli, ["verify", str(copy), "--no-probes"])
+    assert bad.exit_code == 1
+    assert "tiny.Q8_0.gguf" in bad.output
+
+
+def test_second_build_with_new_quant_type_skips_training_and_conversion(built):
+    proj, base, _, _ = built
+    text = (proj / "edgelora.toml").read_text().replace('quantize = ["Q8_0"]', 'quantize = ["Q8_0", "Q4_0"]')
+    (proj / "edgelora.toml").write_text(text)
+    logs: list[str] = []
+    result = api.build(proj, log=logs.append)
+    joined = "\n".join(logs)
+    for stage in ("train", "merge", "convert"):
+        assert f"{stage}: skipped, inputs and config unchanged" in joined, joined
+    assert "quantize: running" in joined
+    manifest = json.loads((Path(result["bundle"]["dir"]) / "manifest.json").read_text())
+    assert "tiny.Q4_0.gguf" in {f["path"] for f in manifest["files"]}
+
+
+def test_lock_mismatch_is_a_hard_error_with_both_hashes(built):
+    proj, base, _, _ = built
+    lock = json.loads((proj / "edgelora.lock").read_text())
+    real = lock["base"]["files"]["config.json"]
+    lock["base"]["files"]["config.json"] = "0" * 64
+    (proj / "edgelora.lock").write_text(json.dumps(lock))
+    try:
+        with pytest.raises(LockMismatch) as e:
+            api.run_stages(proj, ["fetch-base"], log=lambda m: None)
+        assert "0" * 64 in str(e.value) and real in str(e.value)
+    finally:
+        lock["base"]["files"]["config.json"] = real
+        (proj / "edgelora.lock").write_text(json.dumps(lock))
+
+
+def test_plan_reports_malformed_line_with_file_and_line(tiny_llama_dir, tmp_path):
+    proj = _project(tmp_path, tiny_llama_dir)
+    with open(proj / "data" / "train.jsonl", "a") as f:
+        f.write("{not json\n")
+    (proj / "edgelora.toml").write_text((proj / "edgelora.toml").read_text().replace("version = \"0.1.0\"", "version = \"x\""))
+    result = CliRunner().invoke(cli, ["plan", str(proj)])
+    assert result.exit_code == 1
+    assert "train.jsonl:17" in result.output
+    assert "semantic version" in result.output, "plan reports every problem at once"
+    assert "Traceback" not in result.output
+
+
+def test_pickle_weights_refused_in_plan(tiny_llama_dir, tmp_path):
+    base = tmp_path / "base"
+    shutil.copytree(tiny_llama_dir, base)
+    (base / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
+    proj = _project(tmp_path, base)
+    result = CliRunner().invoke(cli, ["plan", str(proj)])
+    assert result.exit_code == 1 and "pytorch_model.bin" in result.output
+
+
+def test_init_then_plan(tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(cli, ["init", str(tmp_path / "p")]).exit_code == 0
+    assert (tmp_path / "p" / "edgelora.toml").is_file()
+    again = runner.invoke(cli, ["init", str(tmp_path / "p")])
+    assert again.exit_code == 1 and "already exists" in again.output
