@@ -125,3 +125,26 @@ def human_bytes(n: float) -> str:
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def delete_cached(p: Path) -> None:
+    """Remove a cached file and, for an HF snapshot link, the blob it points to
+    (otherwise the bad blob stays and the next lookup trusts it again)."""
+    p = Path(p)
+    if p.is_symlink():
+        target = p.resolve()
+        p.unlink()
+        if target.is_file():
+            target.unlink()
+    elif p.exists():
+        p.unlink()
+
+
+def reject_duplicate_keys(pairs):
+    """``object_pairs_hook`` for json.loads: duplicate keys are an error, not last-wins."""
+    obj = {}
+    for k, v in pairs:
+        if k in obj:
+            raise ValueError(f"duplicate key {k!r}")
+        obj[k] = v
+    return obj

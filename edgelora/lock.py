@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 
 from .errors import BaseModelError, ConfigError, LockMismatch, NotInCacheError
-from .fsutil import atomic_write_json, sha256_file
+from .fsutil import atomic_write_json, delete_cached, sha256_file
 
 LOCK_NAME = "edgelora.lock"
 LOCK_VERSION = 1
@@ -91,7 +91,7 @@ def check_lock(project_dir: str | Path, base_dir: str | Path, files: dict[str, s
         got = files.get(rel) or sha256_file(base_dir / rel)
         if got != want:
             if delete_bad:
-                _delete(base_dir / rel)
+                delete_cached(base_dir / rel)
             raise LockMismatch(f"{base_dir / rel}: sha256 expected {want}, got {got}"
                                + (" (deleted)" if delete_bad else ""))
     extra = sorted(set(files) - set(entry["files"]))
@@ -100,13 +100,3 @@ def check_lock(project_dir: str | Path, base_dir: str | Path, files: dict[str, s
                            "delete the lock to re-pin deliberately")
     return {"status": "ok", "checked": len(entry["files"])}
 
-
-def _delete(p: Path) -> None:
-    # In the HF cache a snapshot entry links to a blob: remove both, or the bad blob stays.
-    if p.is_symlink():
-        target = p.resolve()
-        p.unlink()
-        if target.is_file():
-            target.unlink()
-    elif p.exists():
-        p.unlink()

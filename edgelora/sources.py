@@ -22,6 +22,8 @@ from pathlib import Path
 from .errors import BaseModelError, LockMismatch, NotInCacheError, UnsafeWeightsError
 from .fsutil import sha256_file
 from .gguf_import import import_gguf  # noqa: F401  (public here: conftest and stages use it)
+from .fsutil import delete_cached
+from .fsutil import reject_duplicate_keys
 
 HEX40 = re.compile(r"^[0-9a-f]{40}$")
 
@@ -93,7 +95,7 @@ def check_safetensors_header(path: str | Path) -> dict:
             raise BaseModelError(f"{path}: safetensors header length {n} exceeds file size {size}")
         raw = f.read(n)
     try:
-        header = json.loads(raw, object_pairs_hook=_no_dup_keys)
+        header = json.loads(raw, object_pairs_hook=reject_duplicate_keys)
     except (ValueError, UnicodeDecodeError) as e:
         raise BaseModelError(f"{path}: safetensors header is not valid JSON ({e})") from None
     if not isinstance(header, dict):
@@ -135,14 +137,6 @@ def check_safetensors_header(path: str | Path) -> dict:
         reach, reach_name = end, name
     return out
 
-
-def _no_dup_keys(pairs):
-    d = {}
-    for k, v in pairs:
-        if k in d:
-            raise ValueError(f"duplicate key {k!r}")
-        d[k] = v
-    return d
 
 
 def check_base_dir(path: str | Path) -> list[str]:
@@ -278,22 +272,12 @@ def verify_download(snap: Path, siblings) -> int:
         else:
             continue
         if got != want:
-            _delete_cached(p)
+            delete_cached(p)
             raise LockMismatch(f"{sib.rfilename}: {algo} expected {want}, got {got} "
                                "(deleted from the cache)")
         checked += 1
     return checked
 
-
-def _delete_cached(p: Path) -> None:
-    """Remove a cached file and, for an HF snapshot link, the blob it points to."""
-    if p.is_symlink():
-        target = p.resolve()
-        p.unlink()
-        if target.is_file():
-            target.unlink()
-    elif p.exists():
-        p.unlink()
 
 
 # -- GGUF import / embedded ------------------------------------------------------------

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .bundle import MANIFEST, RESERVED, SCHEMA_VERSION, SIGNATURE, SUMS, _NAME, check_relpath
 from .errors import VerifyError
+from .fsutil import reject_duplicate_keys
 from .safe_tar import extract_bundle_tar
 
 MAX_MANIFEST = 1 << 20
@@ -47,14 +48,6 @@ class _Report:
 # ---- manifest ------------------------------------------------------------------------
 
 
-def _no_duplicates(pairs):
-    obj = {}
-    for k, v in pairs:
-        if k in obj:
-            raise ValueError(f"duplicate key {k!r}")
-        obj[k] = v
-    return obj
-
 
 def _refuse_constant(name):
     raise ValueError(f"{name} is not valid JSON")
@@ -79,7 +72,7 @@ def parse_manifest(raw: bytes) -> dict:
         raise ValueError(f"larger than {MAX_MANIFEST} bytes")
     try:
         text = raw.decode("utf-8")
-        m = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant,
+        m = json.loads(text, object_pairs_hook=reject_duplicate_keys, parse_constant=_refuse_constant,
                        parse_float=_finite_float, parse_int=_bounded_int)
     except RecursionError:
         raise ValueError("nested too deeply") from None
