@@ -17,7 +17,7 @@ from .errors import EdgeloraError, PlanError
 def _console():
     from rich.console import Console
 
-    return Console(stderr=False, highlight=False)
+    return Console(stderr=True, highlight=False)
 
 
 def handle_errors(fn):
@@ -138,6 +138,9 @@ def _stage_command(name: str, stage: str, doc: str):
         console = _console()
         ctx = api.run_stages(directory, [stage], force=[stage] if force else [], log=console.print,
                              console=console)
+        if stage == "modelfile":
+            click.echo(ctx.artifacts["modelfile"]["text"], nl=False)
+            return
         for k, v in ctx.artifacts.items():
             if isinstance(v, str):
                 click.echo(f"{k}: {v}")
