@@ -149,3 +149,37 @@ def test_init_then_plan(tmp_path):
     assert (tmp_path / "p" / "edgelora.toml").is_file()
     again = runner.invoke(cli, ["init", str(tmp_path / "p")])
     assert again.exit_code == 1 and "already exists" in again.output
+
+
+def _no_network_prefix() -> list[str] | None:
+    import subprocess
+
+    for prefix in (["unshare", "-rn"], ["unshare", "-n"]):
+        try:
+            if subprocess.run(prefix + ["true"], capture_output=True).returncode == 0:
+                return prefix
+        except FileNotFoundError:
+            return None
+    return None
+
+
+def test_build_and_verify_work_with_networking_off(built):
+    """A rebuild (every stage re-checked, cached ones skipped) and verify run in a network namespace."""
+    import subprocess
+    import sys
+
+    prefix = _no_network_prefix()
+    if prefix is None:
+        pytest.skip("unshare -n is not available here")
+    proj, _, result, _ = built
+    exe = [sys.executable, "-m", "edgelora.cli"]
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))}
+    probe = subprocess.run(prefix + [sys.executable, "-c",
+                                     "import socket; socket.create_connection(('1.1.1.1', 443), timeout=2)"],
+                           capture_output=True, text=True)
+    assert probe.returncode != 0, "the namespace must really have no network"
+    verify = subprocess.run(prefix + exe + ["verify", result["bundle"]["tar"]], capture_output=True, text=True, env=env)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    build = subprocess.run(prefix + exe + ["build", str(proj)], capture_output=True, text=True, env=env)
+    assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]
+    assert "verify: ok" in build.stdout
