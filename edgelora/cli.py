@@ -53,6 +53,10 @@ def handle_errors(fn):
     return wrapper
 
 
+project_dir = click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
+"""The project folder argument shared by every command that works on a project."""
+
+
 class _Group(click.Group):
     def list_commands(self, ctx):
         return list(self.commands)
@@ -79,7 +83,7 @@ def init(directory, name, force):
 
 
 @cli.command()
-@click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
+@project_dir
 @handle_errors
 def plan(directory):
     """Check config, data, base model, architecture and targets; report every problem."""
@@ -92,7 +96,7 @@ def plan(directory):
 
 
 @cli.command()
-@click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
+@project_dir
 @click.option("--force", "force", multiple=True, help="Re-run this stage even if cached (repeatable).")
 @handle_errors
 def build(directory, force):
@@ -118,7 +122,7 @@ def _print_scores(report: dict) -> None:
 
 
 @cli.command()
-@click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
+@project_dir
 @handle_errors
 def fetch(directory):
     """Fetch the pinned base (the only command that may use the network) and pin it in edgelora.lock."""
@@ -129,7 +133,7 @@ def fetch(directory):
 
 
 def _stage_command(name: str, stage: str, doc: str):
-    @click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
+    @project_dir
     @click.option("--force", is_flag=True, help="Re-run even if inputs are unchanged.")
     @handle_errors
     def command(directory, force):
