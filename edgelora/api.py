@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import MappingProxyType
 from typing import Iterable
 
 from . import artifacts as A
@@ -15,7 +16,7 @@ from .resources import templates_dir
 BUILD_TARGET = "verify"
 
 
-def _context(project_dir, *, log=print, console=None, third_party=True, extra_plugins=()):
+def _context(project_dir, *, log=print, console=None, third_party=True, extra_plugins=(), options=None):
     from . import plugins
 
     cfg = config_mod.load(project_dir)
@@ -23,7 +24,7 @@ def _context(project_dir, *, log=print, console=None, third_party=True, extra_pl
     for err in loaded.load_errors:
         log(f"warning: {err}")
     ctx = Context(config=cfg, project_dir=Path(project_dir).resolve(), registry=loaded.registry,
-                  log=log, console=console)
+                  log=log, console=console, options=MappingProxyType(dict(options or {})))
     return ctx, loaded
 
 
@@ -63,17 +64,19 @@ def plan(project_dir: str | Path, *, log=print, extra_plugins=()) -> dict:
     problems = loaded.load_errors + problems
     if problems:
         raise PlanError(problems)
+    for warning in summary.get("warnings", []):
+        log(f"warning: {warning}")
     return summary
 
 
 # -- build ---------------------------------------------------------------------
 
 def run_stages(project_dir, targets: Iterable[str] | None = None, *, force: Iterable[str] = (),
-               log=print, console=None, extra_plugins=()) -> Context:
+               log=print, console=None, extra_plugins=(), options=None) -> Context:
     """Run the named stages and what they require (all stages when ``targets`` is None)."""
     from .runner import order_stages, run, select
 
-    ctx, loaded = _context(project_dir, log=log, console=console, extra_plugins=extra_plugins)
+    ctx, loaded = _context(project_dir, log=log, console=console, extra_plugins=extra_plugins, options=options)
     stages = order_stages(loaded.registry.stages.values())
     targets = [s.name for s in stages] if targets is None else list(targets)
     unknown = [t for t in targets if t not in loaded.registry.stages]
@@ -82,11 +85,24 @@ def run_stages(project_dir, targets: Iterable[str] | None = None, *, force: Iter
     return run(ctx, select(stages, targets), loaded.pm, force=force)
 
 
-def build(project_dir, *, force: Iterable[str] = (), log=print, console=None, extra_plugins=()) -> dict:
-    """Run every registered stage; returns the bundle paths, scores and reports."""
-    ctx = run_stages(project_dir, None, force=force, log=log, console=console, extra_plugins=extra_plugins)
+def build(project_dir, *, force: Iterable[str] = (), log=print, console=None, extra_plugins=(),
+          gate: bool = True) -> dict:
+    """Run every registered stage; returns the bundle paths, scores and reports.
+
+    A failed [eval] gate raises GateError before the bundle is written, unless ``gate=False``."""
+    ctx = run_stages(project_dir, None, force=force, log=log, console=console, extra_plugins=extra_plugins,
+                     options={"gate": gate})
     return {"bundle": ctx.artifacts.get(A.BUNDLE), "eval": ctx.artifacts.get(A.EVAL_REPORT),
+            "gates": ctx.artifacts.get(A.GATE_REPORT),
             "verify_ok": (ctx.artifacts.get(A.VERIFY_REPORT) or {}).get("ok")}
+
+
+def evaluate(project_dir, *, models: Iterable[str] = (), sets: Iterable[str] | None = None, log=print) -> dict:
+    """Score eval sets on models of the project: "base", "adapter", "gguf:QUANT" or a .gguf path
+    (default: the base and every shipped quantization); writes eval.json and eval.md."""
+    from .evaluation.stage import evaluate_project
+
+    return evaluate_project(project_dir, models=list(models), sets=list(sets) if sets else None, log=log)
 
 
 def fetch(project_dir, *, log=print) -> dict:
@@ -120,16 +136,43 @@ def convert(model_dir, out_path, *, adapter_dir=None, outtype="f16", validate=Tr
     return report
 
 
+def convert_adapter(model_dir, adapter_dir, out_path, *, outtype="f16", validate=True, base_gguf=None,
+                    min_top1: float = 0.98) -> dict:
+    """LoRA GGUF sidecar for ``Llama(model_path=base, lora_path=out)``; validated against the
+    PEFT-attached model through ``base_gguf`` (converted to a temporary file when not given)."""
+    import tempfile
+
+    from . import plugins
+    from .errors import FidelityError
+    from .gguf.adapter import compare_sidecar, convert_adapter as convert_sidecar
+    from .gguf.convert import convert as convert_gguf
+
+    registry = plugins.load().registry
+    report = convert_sidecar(model_dir, adapter_dir, out_path, outtype=outtype,
+                             architectures=registry.architectures)
+    if not validate:
+        return report
+    with tempfile.TemporaryDirectory(dir=Path(out_path).parent) as tmp:
+        if base_gguf is None:
+            base_gguf = Path(tmp) / "base.gguf"
+            convert_gguf(model_dir, base_gguf, outtype=outtype, architectures=registry.architectures)
+        check = compare_sidecar(base_gguf, out_path, model_dir, adapter_dir)
+    if check["top1_agreement"] < min_top1:
+        raise FidelityError(f"{out_path}: base GGUF + sidecar vs PEFT-attached model: top-1 agreement "
+                            f"{check['top1_agreement']:.3f} < {min_top1} (max |Δlogit| {check['max_abs_delta']:.3g})")
+    return {"convert": report, "validation": check}
+
+
 def quantize(in_path, out_path, qtype: str) -> dict:
     from .quantize import quantize as quantize_gguf
 
     return quantize_gguf(in_path, out_path, qtype)
 
 
-def verify(bundle_path, *, run_probes: bool = True, allow_plugins: bool = False) -> dict:
+def verify(bundle_path, *, run_probes: bool = True, allow_plugins: bool = False, trust=None) -> dict:
     from .verify import verify_bundle
 
-    report = verify_bundle(bundle_path, run_probes=run_probes)
+    report = verify_bundle(bundle_path, run_probes=run_probes, trust=trust)
     if allow_plugins:
         from . import plugins
 
@@ -143,9 +186,37 @@ def verify(bundle_path, *, run_probes: bool = True, allow_plugins: bool = False)
     return report
 
 
+def keygen(private_path) -> dict:
+    """Ed25519 key pair for signing bundles: PRIVATE (0600) and PRIVATE.pub."""
+    from .signing import generate_keypair
+
+    return generate_keypair(private_path)
+
+
+def install(bundle_path, *, name=None, store=None, allow_downgrade=False, trust=None, run_probes=True,
+            lock_timeout=60.0, log=print) -> dict:
+    """Verify a bundle, then install it into Ollama (``ollama create`` or the model store)."""
+    from .install import install_bundle
+
+    return install_bundle(bundle_path, name=name, store=store, allow_downgrade=allow_downgrade, trust=trust,
+                          run_probes=run_probes, lock_timeout=lock_timeout, log=log)
+
+
+def list_installed(*, store=None) -> list[dict]:
+    from .install import list_installed as _list
+
+    return _list(store)
+
+
+def uninstall(model: str, *, store=None, log=print) -> list[str]:
+    from .install import uninstall as _uninstall
+
+    return _uninstall(model, store, log=log)
+
+
 def list_plugins() -> dict:
     from . import plugins
 
     loaded = plugins.load()
-    return {"registered": loaded.registry.listing(), "third_party": loaded.third_party,
-            "errors": loaded.load_errors}
+    return {"plugins": [i.as_dict() for i in loaded.info], "registered": loaded.registry.listing(),
+            "third_party": loaded.third_party, "errors": loaded.load_errors}

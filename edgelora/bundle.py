@@ -78,8 +78,17 @@ def sums_text(entries: list[tuple[str, str]]) -> str:
 
 
 def write_bundle(*, dist_dir, name: str, version: str, files: dict, manifest_extra: dict | None = None,
-                 readme_text: str | None = None) -> dict:
-    """Write the bundle folder and its tar; returns {dir, tar, manifest, tar_sha256}."""
+                 readme_text: str | None = None, signing_key=None) -> dict:
+    """Write the bundle folder and its tar; returns {dir, tar, manifest, tar_sha256}.
+
+    ``signing_key`` (a path to an Ed25519 PEM private key, see ``edgelora keygen``) adds
+    manifest.sig, a signature over the exact bytes of manifest.json.
+    """
+    private_key = None
+    if signing_key:
+        from .signing import load_private_key
+
+        private_key = load_private_key(signing_key)
     dist_dir = Path(dist_dir)
     for field, value in (("name", name), ("version", version)):
         if not isinstance(value, str) or not _NAME.fullmatch(value):
@@ -125,10 +134,14 @@ def write_bundle(*, dist_dir, name: str, version: str, files: dict, manifest_ext
         if len(manifest_bytes) > (1 << 20):
             raise BundleError(f"manifest.json: {len(manifest_bytes)} bytes exceeds the 1 MiB limit verify enforces")
         (staging / MANIFEST).write_bytes(manifest_bytes)
+        if private_key is not None:
+            from .signing import sign_manifest
+
+            (staging / SIGNATURE).write_bytes(sign_manifest(manifest_bytes, private_key))
         sums = [(e["path"], e["sha256"]) for e in entries] + [(MANIFEST, fsutil.sha256_bytes(manifest_bytes))]
         (staging / SUMS).write_text(sums_text(sums), encoding="utf-8", newline="\n")
     tar_path = dist_dir / f"{stem}.tar"
-    members = [MANIFEST, SUMS] + [e["path"] for e in entries]
+    members = [MANIFEST, SUMS] + ([SIGNATURE] if private_key is not None else []) + [e["path"] for e in entries]
     with fsutil.atomic_path(tar_path) as tmp:
         _write_tar(tmp, final, stem, members)
     return {"dir": str(final), "tar": str(tar_path), "manifest": manifest,

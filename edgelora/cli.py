@@ -89,36 +89,73 @@ def plan(directory):
     """Check config, data, base model, architecture and targets; report every problem."""
     from . import api
 
-    summary = api.plan(directory)
+    summary = api.plan(directory, log=lambda m: click.echo(m, err=True))
     for k, v in summary.items():
-        click.echo(f"{k:18s} {v}")
+        if k != "warnings":
+            click.echo(f"{k:18s} {v}")
     click.echo("plan: ok")
 
 
 @cli.command()
 @project_dir
 @click.option("--force", "force", multiple=True, help="Re-run this stage even if cached (repeatable).")
+@click.option("--no-gate", is_flag=True, help="Build the bundle even when an [eval] gate fails (recorded in the manifest).")
 @handle_errors
-def build(directory, force):
-    """fetch-base → train → merge → convert → quantize → modelfile → bundle → verify."""
+def build(directory, force, no_gate):
+    """fetch-base → train → merge → convert → quantize → evaluate → gate → modelfile → bundle → verify."""
     from . import api
 
     console = _console()
     api.plan(directory, log=console.print)
-    result = api.build(directory, force=force, log=console.print, console=console)
+    result = api.build(directory, force=force, log=console.print, console=console, gate=not no_gate)
     _print_scores(result.get("eval") or {})
     b = result["bundle"]
     click.echo(f"bundle: {b['dir']}\narchive: {b['tar']}\nverify: {'ok' if result['verify_ok'] else 'FAILED'}")
+    failed = {n: t for n, t in (b.get("targets") or {}).items() if not t.get("ok")}
+    for name, t in failed.items():
+        click.echo(f"target {name}: FAILED: {t.get('error')}", err=True)
+    if failed:
+        click.echo(f"build: the bundle is complete without the failed target(s) {', '.join(failed)}", err=True)
+        sys.exit(1)
 
 
 def _print_scores(report: dict) -> None:
-    scores = report.get("scores") or {}
-    if not scores:
+    from .evaluation.runner import headline
+
+    rows = headline(report)
+    if not rows:
         return
-    click.echo(f"task score ({report.get('task')}: all fields exact):")
-    for set_name, models in scores.items():
-        for model, s in models.items():
-            click.echo(f"  {set_name:8s} {model:20s} {s['exact_match']:7.1%}")
+    click.echo("eval (greedy, on the GGUFs; Δ in points vs base):")
+    for r in rows:
+        base = "—" if r["base"] is None else f"{r['base']:.1%}"
+        tuned = ", ".join(f"{m} {v:.1%}" + ("" if r["base"] is None else f" ({(v - r['base']) * 100:+.1f})")
+                          for m, v in r["models"].items() if v is not None)
+        click.echo(f"  {r['set']:12s} {r['metric']:12s} base {base:>6s}  {tuned}")
+    for g in report.get("gates") or []:
+        click.echo(f"  gate {g['set']}/{g['metric']} on {g.get('model')}: {'pass' if g['ok'] else 'FAIL: ' + g['detail']}")
+    files = report.get("files") or {}
+    if files.get("eval.md"):
+        click.echo(f"  details: {files['eval.md']}")
+
+
+@cli.command("eval")
+@project_dir
+@click.option("--model", "models", multiple=True, metavar="base|adapter|gguf:QUANT|PATH.gguf",
+              help="Model to score (repeatable; default: base and every shipped quantization).")
+@click.option("--set", "sets", multiple=True, metavar="NAME",
+              help="Eval set to run (repeatable; default: all: heldout, probes, [eval] sets, regression).")
+@click.option("--json", "as_json", is_flag=True, help="Print the eval.json report.")
+@handle_errors
+def eval_command(directory, models, sets, as_json):
+    """Score eval sets on the project's models through llama-cpp-python (greedy)."""
+    from . import api
+
+    console = _console()
+    report = api.evaluate(directory, models=models, sets=sets or None, log=console.print)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+    else:
+        _print_scores(report)
 
 
 @cli.command()
@@ -153,7 +190,27 @@ def _stage_command(name: str, stage: str, doc: str):
     return cli.command(name)(command)
 
 
-_stage_command("train", "train", "Train the LoRA adapter for the project (runs fetch and data checks first).")
+@cli.command("train")
+@project_dir
+@click.option("--force", is_flag=True, help="Re-run even if inputs are unchanged; with --resume, resume even "
+              "though the config or dataset changed since the checkpoint.")
+@click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint of an interrupted run.")
+@handle_errors
+def train(directory, force, resume):
+    """Train the LoRA adapter for the project (runs fetch and data checks first).
+
+    Under `accelerate launch` (or torchrun) it trains data-parallel on several GPUs.
+    """
+    from . import api
+
+    console = _console()
+    ctx = api.run_stages(directory, ["train"], force=["train"] if (force or resume) else [], log=console.print,
+                         console=console, options={"resume": resume, "force": force})
+    for k, v in ctx.artifacts.items():
+        if isinstance(v, str):
+            click.echo(f"{k}: {v}")
+
+
 _stage_command("modelfile", "modelfile", "Render the project's Ollama Modelfile (runs the stages it needs).")
 
 
@@ -177,12 +234,22 @@ def merge(base, adapter, output):
               help="PEFT adapter merged on the fly while converting.")
 @click.option("--outtype", type=click.Choice(["f16", "bf16", "f32"]), default="f16", show_default=True)
 @click.option("--no-validate", is_flag=True, help="Skip the logits comparison against HF.")
+@click.option("--adapter-only", is_flag=True,
+              help="Write only the adapter, as a LoRA GGUF sidecar (llama.cpp lora_path) for the base's GGUF.")
+@click.option("--base-gguf", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="With --adapter-only: the base GGUF to validate the sidecar on (default: a temporary one).")
 @handle_errors
-def convert(model_dir, output, adapter, outtype, no_validate):
+def convert(model_dir, output, adapter, outtype, no_validate, adapter_only, base_gguf):
     """Convert an HF model directory (optionally + adapter) to GGUF, checked against HF logits."""
     from . import api
 
-    report = api.convert(model_dir, output, adapter_dir=adapter, outtype=outtype, validate=not no_validate)
+    if adapter_only or base_gguf:
+        if adapter is None or not adapter_only:
+            raise click.UsageError("--adapter-only needs --adapter DIR; --base-gguf needs --adapter-only")
+        report = api.convert_adapter(model_dir, adapter, output, outtype=outtype, validate=not no_validate,
+                                     base_gguf=base_gguf)
+    else:
+        report = api.convert(model_dir, output, adapter_dir=adapter, outtype=outtype, validate=not no_validate)
     click.echo(json.dumps(report, indent=2, default=str))
 
 
@@ -199,24 +266,95 @@ def quantize(input_gguf, qtype, output):
     click.echo(json.dumps(report, indent=2, default=str))
 
 
+_trust_option = click.option(
+    "--trust", type=click.Path(exists=True, path_type=Path), envvar="EDGELORA_TRUST",
+    help="Trusted Ed25519 public key (.pub) or a folder of them: unsigned or wrongly signed bundles are refused.")
+
+
 @cli.command()
 @click.argument("bundle", type=click.Path(exists=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 @click.option("--no-probes", is_flag=True, help="Only check files; do not load the model.")
 @click.option("--allow-plugins", is_flag=True, help="Also run third-party verify plugins (off by default).")
+@_trust_option
 @handle_errors
-def verify(bundle, as_json, no_probes, allow_plugins):
-    """Verify a bundle (directory or .tar): checksums, GGUF load, recorded probes."""
+def verify(bundle, as_json, no_probes, allow_plugins, trust):
+    """Verify a bundle (directory or .tar): signature, checksums, GGUF header and load, recorded probes."""
     from . import api
+    from .verify import format_report
 
-    report = api.verify(bundle, run_probes=not no_probes, allow_plugins=allow_plugins)
+    report = api.verify(bundle, run_probes=not no_probes, allow_plugins=allow_plugins, trust=trust)
     if as_json:
         click.echo(json.dumps({k: v for k, v in report.items() if k != "manifest"}, indent=2, default=str))
     else:
-        for c in report["checks"]:
-            click.echo(f"{'ok  ' if c['ok'] else 'FAIL'} {c['name']}: {c.get('detail', '')}")
-        click.echo("verify: ok" if report["ok"] else "verify: FAILED")
+        click.echo(format_report(report))
     sys.exit(0 if report["ok"] else 1)
+
+
+@cli.command()
+@click.argument("key", type=click.Path(dir_okay=False, path_type=Path))
+@handle_errors
+def keygen(key):
+    """Make an Ed25519 key pair: KEY (private, mode 0600) and KEY.pub; never overwrites."""
+    from . import api
+
+    out = api.keygen(key)
+    click.echo(f"private key: {out['private']} (mode 0600; set [bundle] signing_key to it)\n"
+               f"public key:  {out['public']} (copy to the target host; verify/install --trust it)\n"
+               f"key id:      {out['key_id']}")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(exists=True, path_type=Path))
+@click.option("--name", help="Ollama model NAME:TAG (default: the bundle's, else <name>:<version>).")
+@click.option("--store", type=click.Path(file_okay=False, path_type=Path),
+              help="Write into this Ollama model store instead of running `ollama create` "
+                   "(default when ollama is absent: $OLLAMA_MODELS or ~/.ollama/models).")
+@click.option("--allow-downgrade", is_flag=True, help="Allow a lower version, or a reused version with other content.")
+@click.option("--no-probes", is_flag=True, help="Verify files and GGUF header only; do not load the model.")
+@click.option("--lock-timeout", type=float, default=60.0, show_default=True,
+              help="Seconds to wait for another install holding the store lock.")
+@_trust_option
+@handle_errors
+def install(bundle, name, store, allow_downgrade, no_probes, lock_timeout, trust):
+    """Verify BUNDLE (folder or .tar), then install it into Ollama atomically."""
+    from . import api
+
+    result = api.install(bundle, name=name, store=store, allow_downgrade=allow_downgrade, trust=trust,
+                         run_probes=not no_probes, lock_timeout=lock_timeout,
+                         log=lambda m: click.echo(m, err=True))
+    click.echo(f"installed {result['model']} ({result['via']}); run it with: ollama run {result['model']}")
+
+
+@cli.command("list")
+@click.option("--store", type=click.Path(file_okay=False, path_type=Path), help="Ollama model store to read.")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def list_command(store, as_json):
+    """Models edgelora installed, with their bundle version."""
+    from . import api
+
+    rows = api.list_installed(store=store)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no models installed by edgelora")
+    for r in rows:
+        state = "" if r.get("present", True) else "  (manifest missing)"
+        click.echo(f"{r['model']:32s} {r['bundle']} {r['version']:10s} {r['via']:14s} {r['installed_at']}{state}")
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--store", type=click.Path(file_okay=False, path_type=Path), help="Ollama model store.")
+@handle_errors
+def uninstall(model, store):
+    """Remove NAME[:TAG] that edgelora installed; blobs other models use are kept."""
+    from . import api
+
+    for key in api.uninstall(model, store=store, log=lambda m: None):
+        click.echo(f"uninstalled {key}")
 
 
 @cli.command("plugins")
@@ -230,12 +368,15 @@ def plugins_command(as_json):
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
+    click.echo(f"{'plugin':38s} {'version':9s} {'source':12s} registers")
+    for p in info["plugins"]:
+        what = f"BROKEN: {p['error']}" if p["error"] else (", ".join(p["registers"]) or
+                                                           "hooks: " + ", ".join(p["hooks"]))
+        click.echo(f"{p['name']:38s} {p['version']:9s} {p['source']:12s} {what}")
+    click.echo("")
+    click.echo(f"{'kind':13s} {'name':16s} {'plugin':38s} description")
     for row in info["registered"]:
-        click.echo(f"{row['kind']:13s} {row['name']:16s} {row['plugin']:40s} {row['description']}")
-    for p in info["third_party"]:
-        click.echo(f"plugin        {p['name']} {p['version']} ({p['source']})")
-    for err in info["errors"]:
-        click.echo(f"broken        {err}")
+        click.echo(f"{row['kind']:13s} {row['name']:16s} {row['plugin']:38s} {row['description']}")
 
 
 def _add_plugin_commands():
@@ -250,7 +391,8 @@ def _add_plugin_commands():
 def main(argv=None):
     # verify and install run on the target host: no third-party code unless allowed.
     if argv is None and len(sys.argv) > 1 and sys.argv[1] not in ("--help", "-h", "--version",
-                                                                 "verify", "install"):
+                                                                 "verify", "install",
+                                                                 "keygen", "list", "uninstall"):
         _add_plugin_commands()
     cli.main(args=argv, prog_name="edgelora")
 

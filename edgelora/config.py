@@ -41,12 +41,15 @@ class BaseConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    train: str = _f("data/train.jsonl", "Chat JSONL file or folder of them: {\"messages\": [{\"role\", \"content\"}, ...]}.")
+    train: str = _f("data/train.jsonl", "Data file (.jsonl/.json/.parquet) or folder: chat 'messages', Alpaca, prompt/completion or 'text'.")
     heldout: str = _f("", "Optional held-out JSONL; when empty, eval_fraction of train is held out.")
     eval_fraction: float = _f(0.1, "Share of train held out for eval loss when no held-out file is given.")
     probes: str = _f("", "Optional JSONL of differently phrased conversations, scored like held-out.")
+    mix: list = _f([], "General instruction data mixed into training against forgetting: "
+                   "[{path = \"data/general.jsonl\", ratio = 0.1}] adds round(ratio * train examples) of it, seeded.")
     max_seq_length: int = _f(256, "Examples are truncated to this many tokens (reported in the data report).")
     seed: int = _f(0, "Seed for the held-out split and shuffling.")
+    near_duplicate_threshold: float = _f(0.85, "Drop examples whose word 3-grams overlap an earlier one this much (MinHash Jaccard; 0: off).")
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,9 @@ class TrainConfig:
     grad_accum: int = _f(1, "Gradient accumulation steps.")
     warmup_ratio: float = _f(0.05, "Share of steps spent warming up the learning rate.")
     eval_every: int = _f(20, "Eval loss every N optimizer steps; the best adapter by eval loss is kept.")
+    early_stop: int = _f(3, "Stop once eval loss stayed above its best for this many evals in a row (0: never).")
+    packing: bool = _f(True, "Pack examples padding-free into rows of max_seq_length tokens (no cross-example attention).")
+    save_every: int = _f(0, "Write a resumable checkpoint every N steps (0: at every eval).")
     seed: int = _f(0, "Training seed.")
     device: str = _f("auto", "'auto' (CUDA if present), 'cuda' or 'cpu'.")
     quantization: str = _f("auto", "'auto' (NF4 QLoRA on CUDA, none on CPU), 'nf4' or 'none'.")
@@ -72,6 +78,9 @@ class TrainConfig:
 class MergeConfig:
     max_abs_logit_diff: float = _f(1e-2, "Alpha check: max |logit difference| allowed, adapter-attached vs merged.")
     min_top1_agreement: float = _f(1.0, "Alpha check: minimum greedy top-1 agreement on the probe prompts.")
+    base: str = _f("auto", "Base the adapter is merged into: 'bf16' (original weights), 'nf4' (the NF4 round trip "
+                   "a QLoRA adapter was trained on) or 'auto' (for QLoRA adapters, whichever merged model is "
+                   "closer to the adapter-attached 4-bit model on the probes; both numbers go to the merge report).")
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,21 @@ class ExportConfig:
     outtype: str = _f("f16", "Precision of the converted GGUF before quantization: f16, bf16 or f32.")
     quantize: list = _f(["Q8_0"], "Quantization types to ship, e.g. [\"Q8_0\", \"Q4_0\"]; the first is the Modelfile's.")
     min_top1_agreement: float = _f(0.98, "Conversion check: GGUF vs HF top-1 agreement on probe prompts.")
+    imatrix: str = _f("auto", "Importance matrix for the quantizer: 'auto' (computed from calibration data when a "
+                      "type below Q8_0 is requested), 'on', 'off', or the path of an imatrix file (.gguf or legacy .dat).")
+    imatrix_compare: bool = _f(True, "Also quantize without the importance matrix and ship whichever variant of each "
+                               "type is closer to F16 (both appear in the quality report).")
+    calibration: str = _f("", "Chat JSONL the importance matrix is computed on (empty: the training data).")
+    calibration_examples: int = _f(32, "Conversations of the calibration data used for the importance matrix.")
+    quality_texts: int = _f(8, "Held-out conversations the quality report compares each type on (one forward pass each).")
+    quality_tokens: int = _f(128, "Tokens of each held-out conversation used by the quality report.")
+    gate: str = _f("drop", "Quality gate: 'drop' leaves failing types out of the bundle, 'fail' stops the build, "
+                   "'report' only reports. The build fails when no type passes, whatever this says.")
+    gate_max_kl: float = _f(0.10, "Gate: highest mean KL divergence (nats) of next-token distributions vs F16.")
+    gate_min_top1: float = _f(0.85, "Gate: lowest top-1 agreement with F16.")
+    gate_max_ppl_ratio: float = _f(1.10, "Gate: highest perplexity ratio to F16 on the held-out texts.")
+    targets: list = _f([], "Export targets to run besides the default ones (ollama), e.g. [\"llamacpp-server\"]; `edgelora plugins` lists them.")
+    target_timeout_s: float = _f(600.0, "Each export target runs in its own process and staging folder; one running longer is stopped and fails alone.")
 
 
 @dataclass(frozen=True)
@@ -87,14 +111,23 @@ class OllamaConfig:
     system: str = _f("", "Optional SYSTEM prompt written into the Modelfile.")
     num_ctx: int = _f(0, "Context length (0: the training max_seq_length rounded up, at least 2048).")
     temperature: float = _f(-1.0, "Sampling temperature PARAMETER (negative: leave Ollama's default).")
+    template: str = _f("", "Path of a Go TEMPLATE file to use instead of the shipped templates/chat/*.tmpl; it must "
+                       "render the test conversations exactly like the tokenizer's chat template (text and token ids).")
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    task: str = _f("", "Built-in task metric: '' (none) or 'json-fields' (exact match of JSON fields).")
-    fields: list = _f([], "For task='json-fields': the fields compared.")
-    max_tokens: int = _f(64, "Generation budget per scored prompt.")
+    task: str = _f("", "Shorthand kept for old configs: 'json-fields' means metrics = [\"json_fields\"].")
+    metrics: list = _f([], "Metrics for the held-out and probe sets: exact, json_fields, contains, regex, rouge_l, "
+                       "refusal, checks (empty: json_fields when fields are set, else exact and rouge_l).")
+    fields: list = _f([], "For json_fields: the JSON fields compared (the answer must parse as one JSON object).")
+    max_tokens: int = _f(64, "Generation budget per scored prompt (items may set their own max_tokens).")
     limit: int = _f(0, "Score at most this many examples per set (0: all).")
+    heldout: bool = _f(True, "Score the held-out split ([data] heldout, or the seeded eval_fraction split of train).")
+    regression: str = _f("builtin", "Capability-regression set: 'builtin' (shipped with edgelora), a JSONL path, or '' for none.")
+    sets: list = _f([], "More eval sets: [{name = \"ood\", path = \"eval/ood.jsonl\", metrics = [\"checks\"], max_tokens = 32}].")
+    gates: list = _f([], "Build gates, per set and metric: [{set = \"regression\", metric = \"checks\", "
+                     "max_drop_vs_base = 0.1}, {set = \"heldout\", metric = \"json_fields\", min = 0.8}].")
 
 
 @dataclass(frozen=True)
@@ -103,6 +136,7 @@ class BundleConfig:
     probes: int = _f(4, "How many probe conversations to record in the manifest for verify.")
     probe_tokens: int = _f(24, "Greedy tokens recorded per probe.")
     logit_tolerance: float = _f(0.05, "Max |Δlogit| verify accepts on another CPU for the first-token top-k.")
+    signing_key: str = _f("", "Ed25519 private key (from `edgelora keygen`) that signs manifest.json; empty: unsigned.")
 
 
 @dataclass(frozen=True)
@@ -219,10 +253,14 @@ def problems(cfg: Config) -> list[str]:
         out.append(f"{w}: [train] learning_rate must be positive")
     if t.batch_size <= 0 or t.grad_accum <= 0:
         out.append(f"{w}: [train] batch_size and grad_accum must be positive")
+    if t.early_stop < 0 or t.save_every < 0:
+        out.append(f"{w}: [train] early_stop and save_every must be 0 or positive")
     if t.device not in ("auto", "cpu", "cuda"):
         out.append(f"{w}: [train] device {t.device!r} must be auto, cpu or cuda")
     if t.quantization not in ("auto", "nf4", "none"):
         out.append(f"{w}: [train] quantization {t.quantization!r} must be auto, nf4 or none")
+    if cfg.merge.base not in ("auto", "bf16", "nf4"):
+        out.append(f"{w}: [merge] base {cfg.merge.base!r} must be auto, bf16 or nf4")
     if not (0 < cfg.data.eval_fraction < 1) and not cfg.data.heldout:
         out.append(f"{w}: [data] eval_fraction must be in (0, 1)")
     if cfg.data.max_seq_length < 16:
@@ -231,10 +269,19 @@ def problems(cfg: Config) -> list[str]:
         out.append(f"{w}: [export] outtype {cfg.export.outtype!r} must be f16, bf16 or f32")
     if not cfg.export.quantize:
         out.append(f"{w}: [export] quantize must list at least one type")
-    if cfg.eval.task not in ("", "json-fields"):
-        out.append(f"{w}: [eval] task {cfg.eval.task!r} must be '' or 'json-fields'")
-    if cfg.eval.task == "json-fields" and not cfg.eval.fields:
-        out.append(f"{w}: [eval] fields must list the JSON fields to compare")
+    if cfg.export.gate not in ("drop", "fail", "report"):
+        out.append(f"{w}: [export] gate {cfg.export.gate!r} must be drop, fail or report")
+    if cfg.export.quality_texts < 1 or cfg.export.quality_tokens < 2 or cfg.export.calibration_examples < 1:
+        out.append(f"{w}: [export] quality_texts, quality_tokens and calibration_examples must be positive")
+    if not all(isinstance(t, str) and t for t in cfg.export.targets):
+        out.append(f"{w}: [export] targets must be a list of target names")
+    if not cfg.export.target_timeout_s > 0:
+        out.append(f"{w}: [export] target_timeout_s must be positive")
+    from .evaluation.sets import config_problems as eval_problems
+    from .data_guards import mix_problems
+
+    out.extend(eval_problems(cfg))
+    out.extend(mix_problems(cfg.data.mix))
     return out
 
 
@@ -265,4 +312,6 @@ def _toml_value(v) -> str:
         return json.dumps(v, ensure_ascii=False)
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):  # inline table, e.g. an [eval] gates entry
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
     raise TypeError(type(v))

@@ -25,6 +25,7 @@ class Context:
     artifacts: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     log: Callable[[str], None] = _print
     console: Any = None  # a rich Console when running under the CLI
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # run flags, e.g. {"gate": False}
 
     @property
     def work_dir(self) -> Path:

@@ -155,7 +155,10 @@ def _normalized(text: str) -> str:
 
 def example_key(example: dict) -> str:
     """Hash of an example's roles and whitespace/Unicode-normalized contents."""
-    canon = [[m["role"], _normalized(m["content"])] for m in example["messages"]]
+    if "text" in example:  # plain text: its own kind, never equal to a conversation
+        canon = [["text", _normalized(example["text"])]]
+    else:
+        canon = [[m["role"], _normalized(m["content"])] for m in example["messages"]]
     return hashlib.sha256(json.dumps(canon, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
@@ -177,7 +180,7 @@ def deduplicate(examples: list[dict]) -> tuple[list[dict], int]:
 def dataset_digest(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> str:
     """sha256 over the dataset files' names and bytes, in name order.
 
-    Folders expand to their ``*.jsonl`` files. Names are relative to the path given
+    Folders expand to their ``.jsonl``, ``.json`` and ``.parquet`` files. Names are relative to the path given
     (a file's own name), so the digest does not depend on where the data lives.
     """
     if isinstance(paths, (str, os.PathLike)):
@@ -186,7 +189,11 @@ def dataset_digest(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> st
     for p in paths:
         p = Path(p)
         base = p if p.is_dir() else p.parent
-        named.extend((f.relative_to(base).as_posix(), f) for f in _dataset_files(p))
+        files = [p] if p.is_file() else sorted(
+            f for f in p.iterdir() if f.is_file() and f.suffix.lower() in (".jsonl", ".json", ".parquet"))
+        if not files:
+            files = _dataset_files(p)  # raises the usual one-line error
+        named.extend((f.relative_to(base).as_posix(), f) for f in files)
     h = hashlib.sha256()
     for name, f in sorted(named):
         data = f.read_bytes()
@@ -252,6 +259,25 @@ def encode_chat(tokenizer, messages: list[dict], *, max_length: int) -> dict:
     return {"input_ids": full[:max_length], "labels": labels[:max_length], "truncated": truncated}
 
 
+def encode_text(tokenizer, text: str, *, max_length: int) -> dict:
+    """Plain text: BOS (if the tokenizer has one) + text + EOS, every token trained on."""
+    if max_length < 2:
+        raise DataError(f"max_length: must be at least 2, got {max_length}")
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if tokenizer.bos_token_id is not None:
+        ids = [tokenizer.bos_token_id] + ids
+    if tokenizer.eos_token_id is not None:
+        ids = ids + [tokenizer.eos_token_id]
+    return {"input_ids": ids[:max_length], "labels": ids[:max_length], "truncated": len(ids) > max_length}
+
+
+def encode_example(tokenizer, example: dict, *, max_length: int) -> dict:
+    """Encode a normalised example: chat (assistant-only labels) or plain text (all tokens)."""
+    if "text" in example:
+        return encode_text(tokenizer, example["text"], max_length=max_length)
+    return encode_chat(tokenizer, example["messages"], max_length=max_length)
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -274,7 +300,7 @@ def data_report(examples: list[dict], encoded: list[dict], *, duplicates_removed
         duplicates_removed = deduplicate(examples)[1]
     roles = {r: 0 for r in ROLES}
     for ex in examples:
-        for m in ex["messages"]:
+        for m in ex.get("messages", ()):
             roles[m["role"]] += 1
     lengths = sorted(len(e["input_ids"]) for e in encoded)
     label_tokens = [sum(1 for t in e["labels"] if t != IGNORE_INDEX) for e in encoded]

@@ -65,6 +65,16 @@ class TrainingError(EdgeloraError):
     """Training could not run or did not produce an adapter."""
 
 
+class TrainingInterrupted(TrainingError):
+    """Training stopped on SIGTERM after saving a checkpoint; ``--resume`` continues it."""
+
+
+class GateError(EdgeloraError):
+    """An [eval] gate failed (score below min, or dropped too far below the base); carries the numbers."""
+
+    exit_code = 3
+
+
 class ModelfileError(EdgeloraError):
     """A Modelfile cannot be rendered safely."""
 
@@ -75,6 +85,14 @@ class BundleError(EdgeloraError):
 
 class VerifyError(EdgeloraError):
     """A bundle failed verification."""
+
+
+class SignatureError(VerifyError):
+    """manifest.sig is missing, malformed, by an untrusted key, or does not match."""
+
+
+class InstallError(EdgeloraError):
+    """A verified bundle could not be installed; the previous version is untouched."""
 
 
 class PluginError(EdgeloraError):

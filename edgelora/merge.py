@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import AdapterMismatch, BaseModelError, UnsafeWeightsError
+from .tensor_reader import SafetensorsFile
 
 
 @dataclass(frozen=True)
@@ -62,13 +63,16 @@ class MergedView:
     (``modules_to_save``) replace the base's.
     """
 
-    def __init__(self, base_dir: str | Path, adapter_dir: str | Path | None = None):
+    def __init__(self, base_dir: str | Path, adapter_dir: str | Path | None = None, *, base_filter=None):
+        """``base_filter(name, float32 tensor) -> tensor`` changes base tensors as they are read,
+        before any delta is added (e.g. :class:`edgelora.nf4.Nf4Base`, the QLoRA merge base)."""
         from safetensors import safe_open
 
         from .sources import check_safetensors_header
 
         self.base_dir = Path(base_dir)
         self.adapter_dir = Path(adapter_dir) if adapter_dir else None
+        self.base_filter = base_filter
         cfg_path = self.base_dir / "config.json"
         if not cfg_path.is_file():
             raise BaseModelError(f"{cfg_path}: missing config.json")
@@ -80,9 +84,12 @@ class MergedView:
             check_safetensors_header(f)
         self._handles = [safe_open(str(f), framework="pt") for f in files]
         self._where: dict[str, object] = {}
-        for h in self._handles:
+        self._files: dict[str, SafetensorsFile] = {}  # tensor data is read, not memory-mapped
+        for f, h in zip(files, self._handles):
+            reader = SafetensorsFile(f)
             for k in h.keys():
                 self._where[k] = h
+                self._files[k] = reader
         self._lora: dict[str, LoraPair] = {}
         self._replaced: dict[str, str] = {}  # base name -> adapter key holding the whole tensor
         self._base_override: dict[str, str] = {}  # base name -> adapter key of W under the LoRA
@@ -254,8 +261,10 @@ class MergedView:
 
         name = self._aliases.get(name, name)
         if name in self._base_override:
-            return self._adapter.get_tensor(self._base_override[name]).to(torch.float32)
-        return self._where[name].get_tensor(name).to(torch.float32)
+            t = self._adapter.get_tensor(self._base_override[name]).to(torch.float32)
+        else:
+            t = self._files[name].read_f32(name)
+        return t if self.base_filter is None else self.base_filter(name, t)
 
     def lora_factors(self, name: str):
         """(A, B) as float32 for a LoRA-adapted tensor."""
@@ -275,8 +284,10 @@ class MergedView:
         pair = self._lora.get(name)
         if pair is not None:
             a, b = self.lora_factors(name)
-            delta = b @ a
-            t = t + pair.scale * (delta.T if pair.kind in ("embedding", "linear_t") else delta)
+            if pair.kind in ("embedding", "linear_t"):
+                t.add_((b @ a).T, alpha=pair.scale)
+            else:  # in place: no full-size temporaries for the delta
+                t.addmm_(b, a, alpha=pair.scale)
         return t
 
     def merged_names(self) -> list[str]:
@@ -298,6 +309,7 @@ class MergedView:
     def close(self) -> None:
         self._handles = []
         self._where = {}
+        self._files = {}
         self._adapter = None
 
     def __enter__(self):

@@ -77,7 +77,7 @@ def encode_prompts(tokenizer, prompts) -> list[list[int]]:
 
 
 def alpha_check(base_dir, adapter_dir, prompts, *, tolerance: float = 1e-2, min_top1: float = 1.0,
-                max_prompt_tokens: int = 256, view=None) -> dict:
+                max_prompt_tokens: int = 256, view=None, base_filter=None) -> dict:
     """Adapter-attached (PEFT) vs merged (the view's tensors) logits on probe prompts.
 
     ``tolerance`` is an absolute bound on max |Δlogit| (float32 on both sides; expect ~1e-5).
@@ -99,6 +99,9 @@ def alpha_check(base_dir, adapter_dir, prompts, *, tolerance: float = 1e-2, min_
         raise FidelityError(f"{adapter_dir}: alpha check needs at least one non-empty probe prompt")
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32, local_files_only=True)
     model.eval()
+    if base_filter is not None:  # e.g. the NF4 merge base: PEFT attaches to the same base
+        with MergedView(base_dir, base_filter=base_filter) as base_view:
+            _load_view(model, base_view)
     peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
     peft_model.eval()
     with torch.no_grad():
@@ -107,7 +110,7 @@ def alpha_check(base_dir, adapter_dir, prompts, *, tolerance: float = 1e-2, min_
     # one model in memory, not two.
     model = peft_model.unload()
     own_view = view is None
-    view = view or MergedView(base_dir, adapter_dir)
+    view = view or MergedView(base_dir, adapter_dir, base_filter=base_filter)
     try:
         _load_view(model, view)
     finally:

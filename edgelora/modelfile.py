@@ -116,69 +116,14 @@ def available_chat_templates() -> dict[str, str]:
     return {p.stem: p.read_text(encoding="utf-8") for p in sorted(folder.glob("*.tmpl"))}
 
 
-def render_jinja_cases(chat_template_jinja: str, conversations, special_tokens: dict) -> list[str | None]:
-    """Jinja renderings; None where the template itself refuses the conversation."""
-    from .chat_jinja import ChatTemplateError, render_chat
+# The equivalence proof lives in template_equivalence; re-exported for callers of this module.
+from .template_equivalence import (  # noqa: E402
+    check_eog,
+    choose_chat_template,
+    compare_templates,
+    end_of_turn_tokens,
+    render_jinja_cases,
+)
 
-    out = []
-    for conv in conversations:
-        try:
-            out.append(render_chat(chat_template_jinja, conv, special_tokens=special_tokens))
-        except ChatTemplateError as e:
-            if "sandbox" in str(e) or "exceeded" in str(e) or "exceeds" in str(e):
-                raise
-            out.append(None)
-    return out
-
-
-def compare_templates(chat_template_jinja: str, go_text: str, *, special_tokens: dict | None = None,
-                      renderer=None) -> list[dict]:
-    """Mismatches between the Jinja template and a Go TEMPLATE on PROBE_CONVERSATIONS."""
-    from . import gotmpl
-
-    renderer = renderer or gotmpl.render
-    expected = render_jinja_cases(chat_template_jinja, PROBE_CONVERSATIONS, special_tokens or {})
-    cases = [(c, e) for c, e in zip(PROBE_CONVERSATIONS, expected) if e is not None]
-    if len(cases) < 3:
-        raise ModelfileError("chat_template: refuses most test conversations; cannot prove a TEMPLATE")
-    try:
-        got = renderer(go_text, [c for c, _ in cases])
-    except gotmpl.GoTemplateError as e:
-        return [{"conversation": None, "error": str(e)}]
-    return [{"conversation": c, "expected": e, "got": g} for (c, e), g in zip(cases, got) if e != g]
-
-
-def _stops_from(rendered: list[str], tokens: set[str]) -> list[str]:
-    # BOS is kept on purpose: in ChatML tokenizers it is <|im_start|>, a turn marker.
-    found = []
-    for tok in sorted(tokens, key=lambda t: min((r.find(t) for r in rendered if t in r), default=1 << 30)):
-        if any(tok in r for r in rendered) and tok not in found:
-            found.append(tok)
-    return found
-
-
-def choose_chat_template(chat_template_jinja: str, tokenizer_dir=None) -> tuple[str, str, list[str]]:
-    """(name, Go TEMPLATE text, stop strings) of the shipped template that renders exactly
-    like ``chat_template_jinja``; ModelfileError "no chat template matches" otherwise."""
-    from . import gotmpl
-    from .chat_jinja import added_tokens, load_tokenizer_template
-
-    special_tokens: dict = {}
-    tokens: set[str] = set()
-    if tokenizer_dir is not None and Path(tokenizer_dir).is_dir():
-        try:
-            _, special_tokens = load_tokenizer_template(tokenizer_dir)
-        except ModelfileError:
-            special_tokens = {}
-        tokens = added_tokens(tokenizer_dir)
-    for name, go_text in available_chat_templates().items():
-        if compare_templates(chat_template_jinja, go_text, special_tokens=special_tokens):
-            continue
-        rendered = gotmpl.render(go_text, PROBE_CONVERSATIONS)
-        if not tokens:  # no tokenizer files: take the special-looking markers the template emits
-            tokens = set(re.findall(r"<\|[^|<>\s]+\|>|<[a-z_]+>|\[/?INST\]", "".join(rendered)))
-        stops = _stops_from(rendered, tokens)
-        if not stops:
-            raise ModelfileError(f"templates/chat/{name}.tmpl: matches but no end-of-turn token found for stops")
-        return name, go_text, stops
-    raise ModelfileError("chat_template: no chat template matches (add a templates/chat/*.tmpl that renders identically)")
+__all__ = ["PROBE_CONVERSATIONS", "available_chat_templates", "check_eog", "choose_chat_template",
+           "compare_templates", "end_of_turn_tokens", "render_jinja_cases", "render_modelfile"]

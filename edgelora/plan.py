@@ -31,9 +31,19 @@ def collect_problems(ctx) -> tuple[dict, list[str]]:
     base_dir = _check(problems, _base_dir_for_plan, ctx)
     if base_dir is not None:
         summary["base"] = str(base_dir)
-        _check(problems, _check_model_dir, ctx, base_dir, summary)
+        _check(problems, _check_model_dir, ctx, base_dir, summary, problems)
     _check(problems, _check_data, ctx, summary)
+    from .data_guards import plan_warnings
+    from .evaluation.sets import check_eval_files
+
+    _check(problems, check_eval_files, ctx.config)
+    warnings = _check(problems, plan_warnings, ctx)
+    if warnings:
+        summary["warnings"] = warnings
     _check(problems, _check_quant_types, cfg)
+    from .target_runner import select_targets
+
+    _check(problems, select_targets, ctx.registry, cfg.export.targets)
     summary["stages"] = list(ctx.registry.stages)
     summary["targets"] = list(ctx.registry.targets)
     return summary, problems
@@ -87,20 +97,27 @@ def _check_gguf_header(ctx) -> None:
         raise UnsupportedArchitecture(f"{path}: GGUF architecture {arch!r} is not supported (known: {sorted(known)})")
 
 
-def _check_model_dir(ctx, base_dir: Path, summary: dict) -> None:
-    from .gguf.architectures import find_architecture
+def _check_model_dir(ctx, base_dir: Path, summary: dict, problems: list[str]) -> None:
+    from .gguf.architectures import check_convertible, find_architecture
     from .gguf.tokenizer import pre_tokenizer_name
 
     config = json.loads((base_dir / "config.json").read_text())
-    arch = find_architecture(config, ctx.registry.architectures)
-    summary["architecture"] = arch.name
-    summary["tokenizer_pre"] = pre_tokenizer_name(base_dir)
+    # architecture and tokenizer are independent: report both before any training runs
+    arch = _check(problems, find_architecture, config, ctx.registry.architectures)
+    if arch is not None:
+        summary["architecture"] = arch.name
+        _check(problems, check_convertible, config, arch)
+    pre = _check(problems, pre_tokenizer_name, base_dir)
+    if pre is not None:
+        summary["tokenizer_pre"] = pre
     tok_cfg_path = base_dir / "tokenizer_config.json"
     tok_cfg = json.loads(tok_cfg_path.read_text()) if tok_cfg_path.is_file() else {}
     if tok_cfg.get("chat_template"):
         from .modelfile import choose_chat_template
 
-        name, _, _ = choose_chat_template(tok_cfg["chat_template"], base_dir)
+        o = ctx.config.ollama
+        user_template = ctx.config.resolve(o.template).read_text(encoding="utf-8") if o.template else None
+        name, _, _ = choose_chat_template(tok_cfg["chat_template"], base_dir, user_template=user_template)
         summary["chat_template"] = name
 
 
@@ -123,7 +140,7 @@ def _check_quant_types(cfg) -> None:
     from .errors import ConfigError
     from .quantize import supported_types
 
-    known = supported_types()
-    bad = [q for q in cfg.export.quantize if q not in known]
+    known = supported_types(with_imatrix=cfg.export.imatrix != "off")
+    bad = [q for q in cfg.export.quantize if q.upper() not in known]
     if bad:
         raise ConfigError(f"edgelora.toml: [export] quantize has unknown type(s) {bad} (known: {', '.join(known)})")

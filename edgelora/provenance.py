@@ -58,7 +58,8 @@ def build_manifest_extra(ctx, *, probes: list[dict], probe_model: str) -> dict:
             "merge": ctx.need(A.MERGE_REPORT),
             "convert": ctx.need(A.CONVERT_REPORT),
             "quantize": ctx.need(A.QUANT_REPORT),
-            "eval": ctx.need(A.EVAL_REPORT),
+            "eval": _eval_summary(ctx.need(A.EVAL_REPORT)),
+            "gates": _eval_summary(ctx.artifacts.get(A.GATE_REPORT)),
         },
         "ollama": {"model": cfg.ollama.model or f"{cfg.project.name}:{cfg.project.version}",
                    "template": ctx.need(A.MODELFILE)["template"],
@@ -67,12 +68,16 @@ def build_manifest_extra(ctx, *, probes: list[dict], probe_model: str) -> dict:
     }
 
 
+def _eval_summary(report: dict | None) -> dict | None:
+    from .evaluation.stage import manifest_summary
+
+    return manifest_summary(report)
+
+
 def headline_scores(eval_report: dict) -> list[str]:
-    lines = []
-    for set_name, models in (eval_report.get("scores") or {}).items():
-        for model, score in models.items():
-            lines.append(f"| {set_name} | {model} | {score['exact_match']:.1%} |")
-    return lines
+    from .evaluation.report import headline_lines
+
+    return headline_lines(eval_report)
 
 
 def bundle_readme(ctx, extra: dict) -> str:

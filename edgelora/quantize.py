@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,22 +31,22 @@ _FTYPES = {
     "IQ3_S": "LLAMA_FTYPE_MOSTLY_IQ3_S", "IQ3_M": "LLAMA_FTYPE_MOSTLY_IQ3_M",
     "IQ4_NL": "LLAMA_FTYPE_MOSTLY_IQ4_NL", "IQ4_XS": "LLAMA_FTYPE_MOSTLY_IQ4_XS",
 }
-# Very low-bit types abort without an importance matrix, which edgelora does not compute yet.
+# Very low-bit types abort in llama.cpp without an importance matrix (edgelora.imatrix makes one).
 NEEDS_IMATRIX = frozenset({"IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "Q2_K_S"})
 
 
-def supported_types() -> list[str]:
-    """Type names :func:`quantize` accepts (those needing an importance matrix excluded)."""
-    return [t for t in _FTYPES if t not in NEEDS_IMATRIX]
+def supported_types(with_imatrix: bool = False) -> list[str]:
+    """Type names :func:`quantize` accepts; those needing an importance matrix only ``with_imatrix``."""
+    return [t for t in _FTYPES if with_imatrix or t not in NEEDS_IMATRIX]
 
 
-def ftype_for(qtype: str) -> int:
+def ftype_for(qtype: str, *, with_imatrix: bool = False) -> int:
     name = qtype.upper()
-    if name in NEEDS_IMATRIX:
-        raise QuantizeError(f"quantization type {qtype!r} needs an importance matrix, which is not "
-                            f"supported yet; choose one of {', '.join(supported_types())}")
     if name not in _FTYPES:
-        raise QuantizeError(f"unknown quantization type {qtype!r}; known: {', '.join(supported_types())}")
+        raise QuantizeError(f"unknown quantization type {qtype!r}; known: {', '.join(supported_types(True))}")
+    if name in NEEDS_IMATRIX and not with_imatrix:
+        raise QuantizeError(f"quantization type {qtype!r} needs an importance matrix (export.imatrix); "
+                            f"without one choose one of {', '.join(supported_types())}")
     import llama_cpp
 
     value = getattr(llama_cpp, _FTYPES[name], None)
@@ -56,46 +57,80 @@ def ftype_for(qtype: str) -> int:
 
 @contextlib.contextmanager
 def _capture_stderr():
-    """Collect llama.cpp's C-level log (fd 2) so a failure can quote it; silence it otherwise."""
+    """Collect llama.cpp's log so a failure can quote it; silence it otherwise. Errors arrive
+    through llama-cpp-python's log callback (Python's ``sys.stderr``), other output on fd 2."""
+    import io
+
     log = tempfile.TemporaryFile()
     saved = os.dup(2)
     os.dup2(log.fileno(), 2)
+    py_stderr, sys.stderr = sys.stderr, io.StringIO()
     box = {"text": ""}
     try:
         yield box
     finally:
+        callback_text, sys.stderr = sys.stderr.getvalue(), py_stderr
         os.dup2(saved, 2)
         os.close(saved)
         log.seek(0)
-        box["text"] = log.read().decode("utf-8", "replace")
+        box["text"] = log.read().decode("utf-8", "replace") + callback_text
         log.close()
 
 
-def quantize(in_path, out_path, qtype: str, *, nthread: int = 0) -> dict:
+def _imatrix_array(imatrix: dict):
+    """A NULL-terminated ``llama_model_imatrix_data[]`` over float32 copies (kept alive by the caller)."""
+    import ctypes
+
+    import llama_cpp
+    import numpy as np
+
+    keep = []
+    entries = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()
+    for i, (name, values) in enumerate(sorted(imatrix.items())):
+        arr = np.ascontiguousarray(values, dtype=np.float32)
+        if arr.ndim != 1 or not arr.size or not np.isfinite(arr).all():
+            raise QuantizeError(f"importance matrix entry {name!r}: expected finite 1-D values")
+        raw_name = name.encode()
+        keep.append((raw_name, arr))
+        entries[i].name = raw_name
+        entries[i].data = arr.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        entries[i].size = arr.size
+    entries[len(imatrix)].name = None  # terminator
+    return entries, keep
+
+
+def quantize(in_path, out_path, qtype: str, *, nthread: int = 0, imatrix: dict | None = None) -> dict:
     """Write ``out_path`` = ``in_path`` quantized to ``qtype`` (e.g. "Q8_0", "Q4_K_M").
 
-    ``nthread=0`` uses every core. The output appears under its final name only when
-    llama.cpp reports success.
+    ``nthread=0`` uses every core. ``imatrix`` maps GGUF tensor names to per-input-column
+    importances (mean squared activations, as :mod:`edgelora.imatrix` computes them). llama.cpp
+    reads and writes the files directly; the output appears under its final name only when
+    llama.cpp reports success, so no copy is made beyond llama.cpp's own.
     """
     import ctypes
 
     import llama_cpp
 
     in_path, out_path = Path(in_path), Path(out_path)
-    ftype = ftype_for(qtype)
+    ftype = ftype_for(qtype, with_imatrix=bool(imatrix))
     if not in_path.is_file():
         raise QuantizeError(f"{in_path}: input GGUF not found")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = int(nthread)
+    keep = None
+    if imatrix:
+        entries, keep = _imatrix_array(imatrix)
+        params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
     t0 = time.monotonic()
     with atomic_path(out_path) as tmp:
         with _capture_stderr() as log:
             rc = llama_cpp.llama_model_quantize(str(in_path).encode(), str(tmp).encode(), ctypes.byref(params))
+        del keep
         if rc != 0:
             lines = [ln for ln in log["text"].splitlines() if ln.strip()]
             reason = lines[-1].strip() if lines else "no message"
             raise QuantizeError(f"{in_path}: llama.cpp quantize to {qtype.upper()} failed (code {rc}): {reason}")
     return {"in_path": str(in_path), "out_path": str(out_path), "qtype": qtype.upper(), "ftype": ftype,
             "in_bytes": in_path.stat().st_size, "out_bytes": out_path.stat().st_size,
-            "seconds": round(time.monotonic() - t0, 3)}
+            "imatrix": bool(imatrix), "seconds": round(time.monotonic() - t0, 3)}

@@ -47,8 +47,17 @@ class Target:
 
     ``export(context, staging_dir: Path) -> dict[str, Path]`` writes files into
     ``staging_dir`` and returns {bundle-relative path: file}; they go into the
-    manifest like every other file. ``install`` (optional) installs a verified
-    bundle directory on the target host.
+    manifest like every other file. It runs in its own process with a time limit
+    (``[export] target_timeout_s``), so it must be a module-level function; the
+    context it gets holds the config, ``project_dir``, the artifacts so far and
+    ``log``. Writing anywhere but ``staging_dir`` fails the target
+    (see :mod:`edgelora.target_runner`).
+
+    ``install(bundle_dir: Path, root: Path) -> dict`` (optional) installs a verified
+    bundle's files for this target under ``root`` (``/`` on a real host, a scratch
+    folder in tests) and returns ``{"installed": [paths]}``; ``uninstall(bundle_dir,
+    root) -> dict`` removes exactly what ``install`` wrote. ``default`` targets run in
+    every build; the others when named in ``[export] targets``.
     """
 
     name: str
@@ -56,6 +65,7 @@ class Target:
     install: Callable[..., dict[str, Any]] | None = None
     description: str = ""
     default: bool = False
+    uninstall: Callable[..., dict[str, Any]] | None = None
 
 
 @dataclass
@@ -67,6 +77,8 @@ class Registry:
     architectures: dict[str, Any] = field(default_factory=dict)
     targets: dict[str, Target] = field(default_factory=dict)
     providers: dict[tuple[str, str], str] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)  # plugin name -> version
+    failed: dict[str, str] = field(default_factory=dict)    # plugin name -> why it was dropped
 
     def listing(self) -> list[dict[str, str]]:
         rows = []

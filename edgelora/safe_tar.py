@@ -15,15 +15,20 @@ from .bundle import MANIFEST, SIGNATURE, SUMS, check_relpath
 from .errors import VerifyError
 
 MAX_MANIFEST = 1 << 20
+MAX_SIGNATURE = 4096
 MAX_TAR_MEMBERS = 10_050
 CHUNK = 1 << 20
 
 
-def extract_bundle_tar(tar_path: Path, staging: Path, add_check, parse_manifest) -> Path | None:
+def extract_bundle_tar(tar_path: Path, staging: Path, add_check, parse_manifest,
+                       check_signature=None) -> Path | None:
     """Extract only regular files named in the manifest into ``staging/bundle``.
 
-    Refusals are reported through ``add_check(name, ok, detail)`` and return None;
-    VerifyError only when the file is not a readable plain tar at all.
+    ``check_signature(manifest_bytes, signature_bytes_or_None) -> bool`` runs on the raw
+    member bytes before the manifest is parsed. Each member's size is compared with the
+    manifest before any byte is copied. Refusals are reported through
+    ``add_check(name, ok, detail)`` and return None; VerifyError only when the file is not
+    a readable plain tar at all.
     """
     try:
         tar = tarfile.open(tar_path, mode="r:")  # plain tar only: no decompression bombs
@@ -73,16 +78,42 @@ def extract_bundle_tar(tar_path: Path, staging: Path, add_check, parse_manifest)
             add_check("manifest", False, f"invalid manifest: larger than {MAX_MANIFEST} bytes")
             return None
         try:
-            manifest = parse_manifest(tar.extractfile(mm).read(MAX_MANIFEST + 1))
+            raw_manifest = tar.extractfile(mm).read(MAX_MANIFEST + 1)
+            sm = by_name.get(f"{prefix}/{SIGNATURE}")
+            raw_sig = None
+            if sm is not None:
+                if sm.size > MAX_SIGNATURE:
+                    add_check("signature", False, f"{SIGNATURE}: larger than {MAX_SIGNATURE} bytes")
+                    return None
+                raw_sig = tar.extractfile(sm).read(MAX_SIGNATURE + 1)
+        except (tarfile.TarError, OSError, EOFError) as e:
+            add_check("archive", False, f"{tar_path.name}: incomplete or corrupt tar: {e}")
+            return None
+        if len(raw_manifest) != mm.size or (raw_sig is not None and len(raw_sig) != sm.size):
+            add_check("archive", False, f"{tar_path.name}: incomplete: manifest or signature member cut short")
+            return None
+        if check_signature is not None and not check_signature(raw_manifest, raw_sig):
+            return None
+        try:
+            manifest = parse_manifest(raw_manifest)
         except ValueError as e:
             add_check("manifest", False, f"invalid manifest: {e}")
             return None
-        wanted = {e["path"] for e in manifest["files"]} | {MANIFEST, SUMS, SIGNATURE}
+        declared = {e["path"]: e["size"] for e in manifest["files"]}
+        wanted = set(declared) | {MANIFEST, SUMS, SIGNATURE}
         for name in sorted(names):
             rel = name[len(prefix) + 1:]
             if rel not in wanted:
                 add_check("unexpected file", False, f"unexpected file: {rel} is not in manifest.json")
                 return None
+            if rel in declared and by_name[name].size != declared[rel]:
+                what = "incomplete" if by_name[name].size < declared[rel] else "larger than declared"
+                add_check(f"file:{rel}", False,
+                          f"{rel}: {what}: {by_name[name].size} bytes in the tar, manifest says {declared[rel]}")
+                return None
+        for rel in sorted(set(declared) - {n[len(prefix) + 1:] for n in names}):
+            add_check("missing file", False, f"missing file: {rel}")
+            return None
         root = staging / "bundle"
         root.mkdir()
         for name in sorted(names):

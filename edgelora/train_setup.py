@@ -101,7 +101,6 @@ def load_model(base_dir: Path, device: str, quantization: str, dtype: str):
     kwargs = {"local_files_only": True, ("dtype" if new_kw else "torch_dtype"): torch_dtype}
     try:
         if quantization == "nf4":
-            from peft import prepare_model_for_kbit_training
             from transformers import BitsAndBytesConfig
 
             kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -112,9 +111,12 @@ def load_model(base_dir: Path, device: str, quantization: str, dtype: str):
             )
             index = torch.device(device).index or 0
             model = AutoModelForCausalLM.from_pretrained(base_dir, device_map={"": index}, **kwargs)
-            model = prepare_model_for_kbit_training(
-                model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            # Not peft's prepare_model_for_kbit_training: it casts norms, embeddings and
+            # the head to fp32, which runs the whole residual stream in fp32 (slower,
+            # more memory). The base stays bf16; LoRA weights are fp32 masters under autocast.
+            for p in model.parameters():
+                p.requires_grad_(False)
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         else:
             model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs).to(device)
             if device != "cpu":

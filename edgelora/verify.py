@@ -1,38 +1,37 @@
 """Verify a bundle on the target host, offline, in the order that keeps untrusted bytes away
-from parsers: manifest → every file's size then sha256 → SHA256SUMS → GGUF header → load with
+from parsers: signature over the exact manifest bytes (when a trust store is given) →
+manifest → every file's size then sha256 → SHA256SUMS → bounded GGUF header → load with
 llama-cpp-python → probe replay. A later step runs only when every earlier one passed.
 
-Failed checks are reported, not raised; VerifyError is for input that cannot be read at all.
+Failed checks are reported, not raised; VerifyError is for input that cannot be read at all
+(or a trust store that cannot be read). Nothing here loads plugins: ``api.verify`` adds
+third-party findings only when explicitly allowed.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import re
 import stat
-import struct
 import tempfile
+import time
 from pathlib import Path
 
-from .bundle import MANIFEST, RESERVED, SCHEMA_VERSION, SIGNATURE, SUMS, _NAME, check_relpath
-from .errors import VerifyError
-from .fsutil import reject_duplicate_keys
+from .bundle import MANIFEST, SIGNATURE, SUMS
+from .errors import ConversionError, SignatureError, VerifyError
+from .hashing import sha256_fd
+from .manifest import MAX_MANIFEST, parse_manifest  # noqa: F401  (parse_manifest re-exported)
 from .safe_tar import extract_bundle_tar
 
-MAX_MANIFEST = 1 << 20
 MAX_SUMS = 1 << 20
-MAX_FILES = 10_000
-MAX_FILE_SIZE = 1 << 40
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 _SUMS_LINE = re.compile(r"([0-9a-f]{64}) [ *](.+)")
-CHUNK = 1 << 20
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 class _Report:
     def __init__(self, path):
-        self.data = {"ok": True, "bundle": str(path), "checks": [], "probes": [], "manifest": None}
+        self.data = {"ok": True, "bundle": str(path), "checks": [], "probes": [], "manifest": None,
+                     "manifest_sha256": None, "signed_by": None}
 
     def add(self, name: str, ok: bool, detail: str = "") -> bool:
         self.data["checks"].append({"name": name, "ok": bool(ok), "detail": detail})
@@ -40,102 +39,65 @@ class _Report:
             self.data["ok"] = False
         return ok
 
+    def has(self, name: str) -> bool:
+        return any(c["name"] == name for c in self.data["checks"])
+
     @property
     def ok(self) -> bool:
         return self.data["ok"]
 
 
-# ---- manifest ------------------------------------------------------------------------
-
-
-
-def _refuse_constant(name):
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _finite_float(text):
-    v = float(text)
-    if not math.isfinite(v):
-        raise ValueError(f"number {text} overflows")
-    return v
-
-
-def _bounded_int(text):
-    if len(text) > 20:
-        raise ValueError("integer too long")
-    return int(text)
-
-
-def parse_manifest(raw: bytes) -> dict:
-    """Strictly parsed and validated manifest; ValueError with the reason otherwise."""
-    if len(raw) > MAX_MANIFEST:
-        raise ValueError(f"larger than {MAX_MANIFEST} bytes")
+def _read_small(path: Path, limit: int) -> bytes | None:
+    """Bytes of a regular file (never through a link), or None if absent; ValueError if
+    not a regular file or larger than ``limit``."""
     try:
-        text = raw.decode("utf-8")
-        m = json.loads(text, object_pairs_hook=reject_duplicate_keys, parse_constant=_refuse_constant,
-                       parse_float=_finite_float, parse_int=_bounded_int)
-    except RecursionError:
-        raise ValueError("nested too deeply") from None
-    except UnicodeDecodeError as e:
-        raise ValueError(f"not UTF-8: {e.reason}") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"not JSON: {e.msg} at line {e.lineno}") from None
-    if not isinstance(m, dict):
-        raise ValueError("not a JSON object")
-    sv = m.get("schema_version")
-    if type(sv) is not int or sv != SCHEMA_VERSION:
-        raise ValueError(f"schema_version: expected {SCHEMA_VERSION}, got {sv!r}")
-    for field in ("name", "version"):
-        if not isinstance(m.get(field), str) or not _NAME.fullmatch(m[field]):
-            raise ValueError(f"{field}: missing or not a safe name")
-    files = m.get("files")
-    if not isinstance(files, list) or not files or len(files) > MAX_FILES:
-        raise ValueError(f"files: expected a list of 1..{MAX_FILES} entries")
-    seen, folded = set(), {}
-    for i, entry in enumerate(files):
-        if not isinstance(entry, dict) or set(entry) != {"path", "size", "sha256"}:
-            raise ValueError(f"files[{i}]: expected exactly path, size, sha256 (unknown hash or extra keys refused)")
-        path, size, digest = entry["path"], entry["size"], entry["sha256"]
-        why = check_relpath(path)
-        if why:
-            raise ValueError(f"files[{i}].path {path!r}: {why}")
-        if path in RESERVED:
-            raise ValueError(f"files[{i}].path {path!r}: reserved name")
-        if path in seen:
-            raise ValueError(f"files[{i}].path {path!r}: duplicate")
-        if path.casefold() in folded:
-            raise ValueError(f"files[{i}].path {path!r}: collides with {folded[path.casefold()]!r} ignoring case")
-        seen.add(path)
-        folded[path.casefold()] = path
-        if type(size) is not int or not 0 <= size <= MAX_FILE_SIZE:
-            raise ValueError(f"files[{i}].size: expected an integer in 0..{MAX_FILE_SIZE}, got {size!r}")
-        if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
-            raise ValueError(f"files[{i}].sha256: not 64 lowercase hex digits")
-    dirs = {p.rsplit("/", 1)[0] for p in seen if "/" in p}
-    for d in dirs:
-        parts = d.split("/")
-        for j in range(1, len(parts) + 1):
-            if "/".join(parts[:j]) in seen:
-                raise ValueError(f"files: {'/'.join(parts[:j])!r} is both a file and a folder")
-    return m
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if os.path.islink(path):
+            raise ValueError("symlink refused") from None
+        raise ValueError(f"cannot open: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        if st.st_size > limit:
+            raise ValueError(f"larger than {limit} bytes")
+        with open(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise ValueError(f"larger than {limit} bytes")
+        return data
+    finally:
+        os.close(fd)
+
+
+# ---- signature -----------------------------------------------------------------------------
+
+
+def check_signature_step(raw_manifest: bytes, raw_sig: bytes | None, trust, report: _Report) -> bool:
+    """The first check of every verification; with no trust store it only records what it saw."""
+    from .fsutil import sha256_bytes
+
+    if report.has("signature"):
+        return report.ok
+    report.data["manifest_sha256"] = sha256_bytes(raw_manifest)
+    if trust is None:
+        detail = ("manifest.sig present but not checked (no --trust given)" if raw_sig is not None
+                  else "unsigned; no --trust given")
+        return report.add("signature", True, detail)
+    from .signing import check_signature
+
+    try:
+        who = check_signature(raw_manifest, raw_sig, trust)
+    except SignatureError as e:
+        return report.add("signature", False, str(e))
+    report.data["signed_by"] = who
+    return report.add("signature", True, who)
 
 
 # ---- files ---------------------------------------------------------------------------
-
-
-def _hash_open_file(fd: int, size: int) -> tuple[int, str]:
-    """(bytes read, sha256) reading at most size + 1 bytes."""
-    import hashlib
-
-    h, read, remaining = hashlib.sha256(), 0, size + 1
-    while remaining > 0:
-        block = os.read(fd, min(CHUNK, remaining))
-        if not block:
-            break
-        h.update(block)
-        read += len(block)
-        remaining -= len(block)
-    return read, h.hexdigest()
 
 
 def _walk(root: Path, report: _Report) -> set[str]:
@@ -148,13 +110,13 @@ def _walk(root: Path, report: _Report) -> set[str]:
             for entry in it:
                 arc = f"{rel}{entry.name}"
                 if entry.is_symlink():
-                    report.add(f"file:{arc}", False, "link or special file: symlink refused")
+                    report.add(f"file:{arc}", False, f"{arc}: link or special file: symlink refused")
                 elif entry.is_dir(follow_symlinks=False):
                     stack.append((arc + "/", Path(entry.path)))
                 elif entry.is_file(follow_symlinks=False):
                     found.add(arc)
                 else:
-                    report.add(f"file:{arc}", False, "link or special file: not a regular file")
+                    report.add(f"file:{arc}", False, f"{arc}: link or special file: not a regular file")
     return found
 
 
@@ -165,12 +127,12 @@ def _check_files(root: Path, manifest: dict, report: _Report) -> None:
     for arc in sorted(present - allowed):
         report.add("unexpected file", False, f"unexpected file: {arc} is not in manifest.json")
     for arc in sorted(set(declared) - present):
-        if not any(c["name"] == f"file:{arc}" for c in report.data["checks"]):
+        if not report.has(f"file:{arc}"):
             report.add("missing file", False, f"missing file: {arc}")
     for arc in sorted(set(declared) & present):
         entry = declared[arc]
         try:
-            fd = os.open(root / arc, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            fd = os.open(root / arc, os.O_RDONLY | _NOFOLLOW)
         except OSError as e:
             report.add(f"file:{arc}", False, f"{arc}: cannot open: {e.strerror}")
             continue
@@ -179,15 +141,17 @@ def _check_files(root: Path, manifest: dict, report: _Report) -> None:
             if not stat.S_ISREG(st.st_mode):
                 report.add(f"file:{arc}", False, f"{arc}: not a regular file")
                 continue
+            # size first: a wrong size is reported without reading a byte
             if st.st_size != entry["size"]:
                 what = "incomplete" if st.st_size < entry["size"] else "larger than declared"
                 report.add(f"file:{arc}", False, f"{arc}: {what}: {st.st_size} bytes, manifest says {entry['size']}")
                 continue
-            read, digest = _hash_open_file(fd, entry["size"])
+            read, digest = sha256_fd(fd, entry["size"])
         finally:
             os.close(fd)
         if read != entry["size"]:
-            report.add(f"file:{arc}", False, f"{arc}: size changed while reading ({read} bytes)")
+            what = "incomplete" if read < entry["size"] else "larger than declared"
+            report.add(f"file:{arc}", False, f"{arc}: {what}: size changed while reading ({read} bytes)")
         elif digest != entry["sha256"]:
             report.add(f"file:{arc}", False, f"{arc}: hash mismatch: expected {entry['sha256']}, actual {digest}")
         else:
@@ -195,15 +159,16 @@ def _check_files(root: Path, manifest: dict, report: _Report) -> None:
 
 
 def _check_sums(root: Path, manifest: dict, manifest_sha: str, report: _Report) -> None:
-    path = root / SUMS
-    if not path.is_file() or path.is_symlink():
+    try:
+        raw = _read_small(root / SUMS, MAX_SUMS)
+    except ValueError as e:
+        report.add(SUMS, False, f"{SUMS}: {e}")
+        return
+    if raw is None:
         report.add(SUMS, False, f"missing file: {SUMS}")
         return
-    if path.stat().st_size > MAX_SUMS:
-        report.add(SUMS, False, f"{SUMS}: larger than {MAX_SUMS} bytes")
-        return
     listed: dict[str, str] = {}
-    for n, line in enumerate(path.read_bytes().decode("utf-8", "replace").split("\n"), 1):
+    for n, line in enumerate(raw.decode("utf-8", "replace").split("\n"), 1):
         if not line:
             continue
         m = _SUMS_LINE.fullmatch(line)
@@ -219,18 +184,41 @@ def _check_sums(root: Path, manifest: dict, manifest_sha: str, report: _Report) 
         report.add(SUMS, True, f"{len(listed)} entries agree with manifest.json")
 
 
-def _check_gguf_header(path: Path) -> str | None:
-    # Bounded sanity check before handing the file to llama.cpp's parser.
-    with open(path, "rb") as f:
-        head = f.read(24)
-    if len(head) < 24 or head[:4] != b"GGUF":
-        return "not a GGUF file (bad magic)"
-    version, n_tensors, n_kv = struct.unpack("<IQQ", head[4:24])
-    if version not in (2, 3):
-        return f"unsupported GGUF version {version}"
-    if n_tensors > 100_000 or n_kv > 100_000:
-        return f"implausible header counts (tensors {n_tensors}, kv {n_kv})"
-    return None
+# ---- GGUF header -----------------------------------------------------------------------------
+
+
+def check_gguf_header(path: Path) -> str:
+    """Bounded parse of the GGUF header, key/values and tensor table, and every tensor's
+    extent checked against the file size, before llama.cpp's own parser sees the file.
+    Returns a summary; raises ConversionError naming the problem."""
+    from .gguf.reader import read_metadata
+
+    meta = read_metadata(path)
+    size = os.path.getsize(path)
+    type_sizes = _ggml_type_sizes()
+    for name, shape, ttype, offset in meta.tensors:
+        if ttype not in type_sizes:
+            raise ConversionError(f"{path}: tensor {name}: unknown ggml type {ttype}")
+        block, nbytes_block = type_sizes[ttype]
+        count = 1
+        for d in shape:
+            count *= d
+        if shape and shape[0] % block:
+            raise ConversionError(f"{path}: tensor {name}: row of {shape[0]} is not a multiple of block {block}")
+        end = meta.data_start + offset + count // block * nbytes_block
+        if end > size:
+            raise ConversionError(f"{path}: tensor {name} extends past the end of the file ({end} > {size} bytes)")
+    arch = meta.kv.get("general.architecture")
+    return f"GGUF v{meta.version}, {len(meta.kv)} keys, {len(meta.tensors)} tensors, architecture {arch!r}"
+
+
+def _ggml_type_sizes() -> dict[int, tuple[int, int]]:
+    from gguf.constants import GGML_QUANT_SIZES
+
+    return {int(t): v for t, v in GGML_QUANT_SIZES.items()}
+
+
+# ---- probes ------------------------------------------------------------------------------
 
 
 def _probe_section(manifest: dict) -> tuple[dict | None, str | None]:
@@ -246,51 +234,6 @@ def _probe_section(manifest: dict) -> tuple[dict | None, str | None]:
     if model not in {e["path"] for e in manifest["files"]} or not str(model).endswith(".gguf"):
         return None, f"probes.model: {model!r} is not a GGUF listed in the manifest"
     return section, None
-
-
-def _verify_dir(root: Path, report: _Report, *, run_probes: bool, n_threads) -> None:
-    mpath = root / MANIFEST
-    try:
-        if mpath.is_symlink() or not mpath.is_file():
-            report.add("manifest", False, "invalid manifest: manifest.json missing or not a regular file")
-            return
-        if mpath.stat().st_size > MAX_MANIFEST:
-            report.add("manifest", False, f"invalid manifest: larger than {MAX_MANIFEST} bytes")
-            return
-        raw = mpath.read_bytes()
-    except OSError as e:
-        raise VerifyError(f"{mpath}: cannot read: {e.strerror}") from e
-    try:
-        manifest = parse_manifest(raw)
-    except ValueError as e:
-        report.add("manifest", False, f"invalid manifest: {e}")
-        return
-    report.data["manifest"] = manifest
-    section, why = _probe_section(manifest)
-    if why:
-        report.add("manifest", False, f"invalid manifest: {why}")
-        return
-    report.add("manifest", True, f"{manifest['name']} {manifest['version']}, {len(manifest['files'])} files")
-    from .fsutil import sha256_bytes
-
-    try:
-        _check_files(root, manifest, report)
-    except OSError as e:
-        raise VerifyError(f"{root}: cannot read the bundle folder: {e}") from e
-    if not report.ok:
-        return
-    _check_sums(root, manifest, sha256_bytes(raw), report)
-    if not report.ok:
-        return
-    ggufs = sorted(e["path"] for e in manifest["files"] if e["path"].endswith(".gguf"))
-    for arc in ggufs:
-        problem = _check_gguf_header(root / arc)
-        report.add(f"gguf:{arc}", problem is None, problem or "GGUF header sane")
-    if not report.ok or not run_probes:
-        return
-    targets = [section["model"]] if section else ggufs[:1]
-    for arc in targets:
-        _replay(root / arc, arc, section, report, n_threads)
 
 
 def _replay(path: Path, arc: str, section: dict | None, report: _Report, n_threads) -> None:
@@ -313,29 +256,131 @@ def _replay(path: Path, arc: str, section: dict | None, report: _Report, n_threa
     finally:
         llm.close()
     report.data["probes"] = results
+    report.data["logit_tolerance"] = section["logit_tolerance"]
     bad = [r for r in results if not r["ok"]]
     worst = max((r.get("max_abs_logit_delta") or 0.0 for r in results), default=0.0)
-    detail = (f"{len(results) - len(bad)}/{len(results)} probes identical; max |Δlogit| {worst:.3g} "
+    detail = (f"{len(results) - len(bad)}/{len(results)} probes pass; max |Δlogit| {worst:.3g} "
               f"(tolerance {section['logit_tolerance']})")
     if bad:
-        detail += f"; probe {bad[0]['index']}: {bad[0]['detail']}"
+        detail += "; moved: " + "; ".join(f"probe {r['index']}: {r['detail']}" for r in bad[:5])
     report.add(f"probes:{arc}", not bad, detail)
 
 
-def verify_bundle(path, *, run_probes: bool = True, n_threads=None) -> dict:
-    """Verify a bundle folder or .tar; returns {ok, checks, probes, manifest}."""
+# ---- driver --------------------------------------------------------------------------------
+
+
+def _verify_dir(root: Path, report: _Report, *, run_probes: bool, n_threads, trust) -> None:
+    try:
+        raw = _read_small(root / MANIFEST, MAX_MANIFEST)
+    except ValueError as e:
+        report.add("manifest", False, f"invalid manifest: manifest.json: {e}")
+        return
+    if raw is None:
+        report.add("manifest", False, "invalid manifest: manifest.json missing")
+        return
+    try:
+        raw_sig = _read_small(root / SIGNATURE, 4096)
+    except ValueError as e:
+        report.add("signature", False, f"{SIGNATURE}: {e}")
+        return
+    if not check_signature_step(raw, raw_sig, trust, report):
+        return
+    try:
+        manifest = parse_manifest(raw)
+    except ValueError as e:
+        report.add("manifest", False, f"invalid manifest: {e}")
+        return
+    report.data["manifest"] = manifest
+    section, why = _probe_section(manifest)
+    if why:
+        report.add("manifest", False, f"invalid manifest: {why}")
+        return
+    report.add("manifest", True, f"{manifest['name']} {manifest['version']}, {len(manifest['files'])} files")
+    try:
+        _check_files(root, manifest, report)
+    except OSError as e:
+        raise VerifyError(f"{root}: cannot read the bundle folder: {e}") from e
+    if not report.ok:
+        return
+    _check_sums(root, manifest, report.data["manifest_sha256"], report)
+    if not report.ok:
+        return
+    ggufs = sorted(e["path"] for e in manifest["files"] if e["path"].endswith(".gguf"))
+    for arc in ggufs:
+        start = time.monotonic()
+        try:
+            summary = check_gguf_header(root / arc)
+            report.add(f"gguf:{arc}", True, f"{summary} ({time.monotonic() - start:.2f} s)")
+        except ConversionError as e:
+            report.add(f"gguf:{arc}", False, str(e))
+    if not report.ok or not run_probes:
+        return
+    targets = [section["model"]] if section else ggufs[:1]
+    for arc in targets:
+        _replay(root / arc, arc, section, report, n_threads)
+
+
+def verify_bundle(path, *, run_probes: bool = True, n_threads=None, trust=None, extract_to=None) -> dict:
+    """Verify a bundle folder or .tar; returns {ok, checks, probes, manifest, ...}.
+
+    ``trust``: a ``.pub`` file, a folder of them, or already loaded keys; when given, an
+    unsigned or wrongly signed bundle fails before anything else is parsed.
+    ``extract_to``: for a .tar, an empty folder the caller owns to extract into (the
+    extracted bundle is then ``report["root"]``); by default a temporary folder, removed.
+    """
     path = Path(path)
+    if trust is not None and not isinstance(trust, list):
+        from .signing import load_trust
+
+        trust = load_trust(trust)
     report = _Report(path)
     if path.is_symlink():
         report.add("bundle", False, f"{path}: symlink refused; pass the real folder or file")
         return report.data
     if path.is_dir():
-        _verify_dir(path, report, run_probes=run_probes, n_threads=n_threads)
+        report.data["root"] = str(path)
+        _verify_dir(path, report, run_probes=run_probes, n_threads=n_threads, trust=trust)
         return report.data
     if not path.is_file():
         raise VerifyError(f"{path}: no such bundle folder or .tar file")
-    with tempfile.TemporaryDirectory(prefix="edgelora-verify-") as tmp:
-        root = extract_bundle_tar(path, Path(tmp), report.add, parse_manifest)
+
+    def signature_first(raw_manifest, raw_sig):
+        return check_signature_step(raw_manifest, raw_sig, trust, report)
+
+    def run(tmp: Path):
+        root = extract_bundle_tar(path, tmp, report.add, parse_manifest, check_signature=signature_first)
         if root is not None:
-            _verify_dir(root, report, run_probes=run_probes, n_threads=n_threads)
+            report.data["root"] = str(root)
+            _verify_dir(root, report, run_probes=run_probes, n_threads=n_threads, trust=trust)
+
+    if extract_to is not None:
+        Path(extract_to).mkdir(exist_ok=True)
+        run(Path(extract_to))
+    else:
+        with tempfile.TemporaryDirectory(prefix="edgelora-verify-") as tmp:
+            run(Path(tmp))
+        report.data.pop("root", None)
     return report.data
+
+
+def first_failure(report: dict) -> str:
+    bad = [c for c in report["checks"] if not c["ok"]]
+    return f"{bad[0]['name']}: {bad[0]['detail']}" if bad else ""
+
+
+def format_report(report: dict) -> str:
+    """The human table: one row per check, then one row per probe."""
+    rows = [f"{'ok  ' if c['ok'] else 'FAIL'}  {c['name']:<28} {c.get('detail', '')}" for c in report["checks"]]
+    if report.get("probes"):
+        tol = report.get("logit_tolerance")
+        rows.append("")
+        rows.append(f"probe  result  greedy tokens            max |Δlogit|  top-k order  (tolerance {tol})")
+        for p in report["probes"]:
+            div = p.get("first_divergence")
+            tokens = "identical" if div is None else f"diverge at {div}"
+            delta = p.get("max_abs_logit_delta")
+            delta_s = f"{delta:.3g}" if isinstance(delta, (int, float)) else "-"
+            order = {True: "same", False: "changed"}.get(p.get("top_k_order_same"), "-")
+            rows.append(f"{p['index']:>5}  {'ok  ' if p['ok'] else 'MOVED'}   {tokens:<24} {delta_s:>12}  {order:<11}")
+    rows.append("verify: ok" if report["ok"] else f"verify: FAILED ({first_failure(report)})")
+    return "\n".join(rows)

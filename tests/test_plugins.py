@@ -15,12 +15,18 @@ from edgelora.runner import order_stages, run, select
 HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("edgelora_")]
 
 
-def test_every_hook_is_documented():
+def test_every_hook_is_documented_and_typed():
     assert len(HOOKS) >= 7
     for name in HOOKS:
-        doc = inspect.getdoc(getattr(hookspecs, name)) or ""
-        for word in ("When:", "Gets:", "Returns:"):
+        fn = getattr(hookspecs, name)
+        doc = inspect.getdoc(fn) or ""
+        for word in ("When:", "Gets:", "Returns:", "Combine:"):
             assert word in doc, f"{name} docstring lacks {word!r}"
+        sig = inspect.signature(fn)
+        assert sig.return_annotation is not inspect.Signature.empty, f"{name} has no return type"
+        for param in sig.parameters.values():
+            assert param.annotation is not inspect.Parameter.empty, f"{name}({param.name}) has no type"
+    assert hookspecs.__doc__ and "edgelora.testing" in hookspecs.__doc__
 
 
 def test_every_hook_is_exercised_by_a_test():
@@ -180,3 +186,94 @@ def test_register_commands_hook():
         assert result.output.strip() == "hi from plugin"
     finally:
         cli.commands.pop("hello-plugin", None)
+
+
+class _EP:
+    """A stand-in entry point (the real ones come from installed distributions)."""
+
+    def __init__(self, name, obj=None, error=None, version="9.9.9"):
+        import types
+
+        self.name, self.value = name, f"{name.replace('-', '_')}_module"
+        self.dist = types.SimpleNamespace(version=version)
+        self._obj, self._error = obj, error
+
+    def load(self):
+        if self._error:
+            raise self._error
+        return self._obj
+
+
+class LmStudio:
+    @hookimpl
+    def edgelora_register_targets(self, register):
+        register(Target("lmstudio", lambda ctx, d: {}, description="LM Studio folder"))
+
+
+class RaisesWhileRegistering:
+    @hookimpl
+    def edgelora_register_stages(self, register):
+        register(Stage("half", lambda ctx: {}, produces=()))
+
+    @hookimpl
+    def edgelora_register_targets(self, register):
+        raise RuntimeError("cannot find my templates")
+
+
+def test_listing_shows_name_version_source_and_registrations(monkeypatch):
+    import sys
+    import types
+
+    mod = types.ModuleType("edgelora_env_plugin_for_test")
+    mod.__version__ = "0.0.7"
+
+    @hookimpl
+    def edgelora_register_sources(register):
+        from edgelora.registry import Source
+
+        register(Source("env-source", lambda *a, **k: {}, description="from env"))
+
+    mod.edgelora_register_sources = edgelora_register_sources
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    monkeypatch.setenv("EDGELORA_PLUGIN_MODULES", mod.__name__)
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [
+        _EP("lmstudio", LmStudio()), _EP("broken", error=ImportError("No module named 'nowhere'")),
+        _EP("half-broken", RaisesWhileRegistering())])
+    loaded = plugins.load()
+    info = {i.name: i for i in loaded.info}
+    assert info["lmstudio"].as_dict() == {
+        "name": "lmstudio", "version": "9.9.9", "source": "entry point", "origin": "lmstudio_module",
+        "registers": ["target:lmstudio"], "hooks": ["edgelora_register_targets"], "error": ""}
+    assert info[mod.__name__].source == "env" and info[mod.__name__].version == "0.0.7"
+    assert info[mod.__name__].registers == ["source:env-source"]
+    assert info["edgelora.default_plugins.targets"].source == "builtin"
+    assert "target:ollama" in info["edgelora.default_plugins.targets"].registers
+    assert "failed to import: ImportError" in info["broken"].error and "'broken'" in info["broken"].error
+    # a plugin raising while registering is dropped whole: not even its stage stays
+    assert "edgelora_register_targets: RuntimeError: cannot find my templates" in info["half-broken"].error
+    assert "half" not in loaded.registry.stages
+    assert "train" in loaded.registry.stages and "lmstudio" in loaded.registry.targets
+    assert len(loaded.load_errors) == 2
+
+    from click.testing import CliRunner
+
+    from edgelora.cli import cli
+
+    out = CliRunner().invoke(cli, ["plugins"])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    row = next(line for line in lines if line.startswith("lmstudio "))
+    assert row.split() == ["lmstudio", "9.9.9", "entry", "point", "target:lmstudio"]
+    assert any(line.startswith("broken ") and "BROKEN: plugin 'broken'" in line for line in lines)
+    built = CliRunner().invoke(cli, ["init", "--help"])
+    assert built.exit_code == 0, "other commands keep working with a broken plugin installed"
+
+
+def test_allow_and_block_lists_apply_to_entry_points(monkeypatch):
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [_EP("lmstudio", LmStudio())])
+    monkeypatch.setenv("EDGELORA_PLUGINS", "")
+    assert "lmstudio" not in plugins.load().registry.targets
+    monkeypatch.setenv("EDGELORA_PLUGINS", "lmstudio")
+    assert "lmstudio" in plugins.load().registry.targets
+    monkeypatch.setenv("EDGELORA_BLOCK_PLUGINS", "lmstudio")
+    assert "lmstudio" not in plugins.load().registry.targets

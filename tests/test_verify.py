@@ -53,7 +53,7 @@ def test_good_bundle_dir_and_tar_pass(bundle):
         report = verify_bundle(path, run_probes=False)
         assert report["ok"], failed(report)
         names = [c["name"] for c in report["checks"]]
-        assert names[0] in ("manifest", "archive") and "SHA256SUMS" in names and "gguf:demo.Q8_0.gguf" in names
+        assert names[0] == "signature" and names[1] in ("manifest", "archive") and "SHA256SUMS" in names and "gguf:demo.Q8_0.gguf" in names
         assert report["manifest"]["name"] == "demo"
 
 

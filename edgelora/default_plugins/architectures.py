@@ -7,6 +7,8 @@ from ..hookspecs import hookimpl
 
 @hookimpl
 def edgelora_register_architectures(register):
-    from ..gguf.architectures import LLAMA
+    from ..gguf.architectures import builtin_architectures
 
-    register(LLAMA)
+    # one entry each: llama, qwen2, qwen3, gemma2, gemma3, phi3
+    for arch in builtin_architectures().values():
+        register(arch)

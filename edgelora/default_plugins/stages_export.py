@@ -9,7 +9,7 @@ from pathlib import Path
 from .. import artifacts as A
 from ..errors import EdgeloraError, FidelityError
 from ..fsutil import atomic_write_json
-from .stages_prepare import probe_prompts, read_jsonl
+from .stages_prepare import probe_prompts
 
 
 def _gguf_stem(ctx) -> str:
@@ -53,71 +53,54 @@ def convert_base(ctx) -> dict:
 
 
 def quantize(ctx) -> dict:
-    from ..quantize import quantize as quantize_gguf
+    from .stages_quantize import quantize as quantize_stage
 
-    src = ctx.need(A.GGUF)
-    out_dir = ctx.stage_dir("quantize")
-    quantized, reports = {}, {}
-    for qtype in ctx.config.export.quantize:
-        out = out_dir / f"{_gguf_stem(ctx)}.{qtype}.gguf"
-        reports[qtype] = quantize_gguf(src, out, qtype)
-        quantized[qtype] = str(out.resolve())
-        ctx.log(f"  {out.name}: {os.path.getsize(out) / 2**20:.1f} MiB")
-    return {A.QUANTIZED: quantized, A.QUANT_REPORT: reports}
+    return quantize_stage(ctx)  # importance matrix, every type, quality report and gate
+
+
+def eval_sets(ctx) -> dict:
+    from ..evaluation.stage import eval_sets_stage
+
+    return eval_sets_stage(ctx)
 
 
 def evaluate(ctx) -> dict:
-    from ..quantize import quantize as quantize_gguf
-    from ..scoring import score_gguf
+    from ..evaluation.stage import evaluate_stage
 
-    ev = ctx.config.eval
-    if not ev.task:
-        return {A.EVAL_REPORT: {"task": "", "note": "no [eval] task configured"}}
-    ds = ctx.need(A.DATASET)
-    quantized = ctx.need(A.QUANTIZED)
-    first = ctx.config.export.quantize[0]
-    base_q = ctx.stage_dir("evaluate") / f"base.{first}.gguf"
-    if not base_q.exists():
-        quantize_gguf(ctx.need(A.BASE_GGUF), base_q, first)
-    sets = {"heldout": read_jsonl(ds["heldout"])}
-    if ds.get("probes"):
-        probes = read_jsonl(ds["probes"])
-        if probes:
-            sets["probes"] = probes
-    models = {f"base.{first}": str(base_q)} | {f"fine-tune.{q}": p for q, p in quantized.items()}
-    results: dict = {"task": ev.task, "fields": ev.fields, "scores": {}}
-    for set_name, rows in sets.items():
-        if ev.limit:
-            rows = rows[: ev.limit]
-        expected = [json.loads(r["messages"][-1]["content"]) for r in rows]
-        for model_name, path in models.items():
-            score = score_gguf(path, rows, ev.fields, max_tokens=ev.max_tokens)
-            results["scores"].setdefault(set_name, {})[model_name] = score
-            ctx.log(f"  {set_name:8s} {model_name:18s} exact match {score['exact_match']:.1%} "
-                    f"({score.get('n', len(expected))} examples)")
-    atomic_write_json(ctx.stage_dir("evaluate") / "eval.json", results)
-    return {A.EVAL_REPORT: results}
+    return evaluate_stage(ctx)
+
+
+def gate(ctx) -> dict:
+    from ..evaluation.stage import gate_stage
+
+    return gate_stage(ctx)
 
 
 def modelfile(ctx) -> dict:
-    from ..modelfile import choose_chat_template, render_modelfile
+    from ..chat_jinja import added_tokens
+    from ..modelfile import check_eog, choose_chat_template, end_of_turn_tokens, render_modelfile
 
     base = Path(ctx.need(A.BASE)["path"])
     tok_cfg = json.loads((base / "tokenizer_config.json").read_text())
     chat_template = tok_cfg.get("chat_template")
     if not chat_template:
         raise EdgeloraError(f"{base / 'tokenizer_config.json'}: no chat_template")
-    name, go_text, stops = choose_chat_template(chat_template, base)
     o = ctx.config.ollama
+    first = next(iter(ctx.need(A.QUANTIZED)))  # first type that passed the gate
+    gguf_path = ctx.need(A.QUANTIZED)[first]
+    user_template = ctx.config.resolve(o.template).read_text(encoding="utf-8") if o.template else None
+    # text, then token ids (HF and the shipped GGUF's own vocabulary), then llama.cpp's EOG set
+    name, go_text, stops = choose_chat_template(chat_template, base, user_template=user_template, gguf_path=gguf_path)
+    eog = check_eog(gguf_path, end_of_turn_tokens(go_text, added_tokens(base)))
     num_ctx = o.num_ctx or max(2048, ctx.config.data.max_seq_length)
     params = {}
     if o.temperature >= 0:
         params["temperature"] = o.temperature
-    first = ctx.config.export.quantize[0]
     text = render_modelfile(gguf_name=f"{_gguf_stem(ctx)}.{first}.gguf", template_text=go_text,
                             stops=stops, num_ctx=num_ctx, system=o.system or None, parameters=params)
-    ctx.log(f"  chat template: {name} (proven equal to the tokenizer's Jinja template); stops {stops}")
-    return {A.MODELFILE: {"text": text, "template": name, "stops": stops}}
+    ctx.log(f"  chat template: {name} (proven equal to the tokenizer's Jinja template, text and token ids); "
+            f"stops {stops}; end of turn {list(eog)} is end-of-generation in llama.cpp")
+    return {A.MODELFILE: {"text": text, "template": name, "stops": stops, "end_of_turn": eog}}
 
 
 def bundle(ctx) -> dict:
@@ -131,29 +114,52 @@ def bundle(ctx) -> dict:
     files: dict[str, Path] = {}
     for qtype, path in quantized.items():
         files[f"{_gguf_stem(ctx)}.{qtype}.gguf"] = Path(path)
-    for tname, target in ctx.registry.targets.items():
-        tdir = staging / "targets" / tname
-        tdir.mkdir(parents=True, exist_ok=True)
-        files.update(target.export(ctx, tdir))
     adapter = Path(ctx.need(A.ADAPTER))
     for extra in ("loss.png", "metrics.jsonl"):
         if (adapter / extra).exists():
             files[f"reports/{extra}"] = adapter / extra
     ds = ctx.need(A.DATASET)
     files["reports/data_report.json"] = Path(ds["report_path"])
-    eval_report = ctx.need(A.EVAL_REPORT)
-    eval_path = staging / "eval.json"
-    atomic_write_json(eval_path, eval_report)
-    files["reports/eval.json"] = eval_path
-    first = cfg.export.quantize[0]
+    from ..evaluation.stage import bundle_files
+
+    files.update(bundle_files(ctx.artifacts.get(A.GATE_REPORT) or ctx.need(A.EVAL_REPORT)))
+    target_report = _export_targets(ctx, staging / "targets", files)
+    first = next(iter(quantized))  # first type that passed the gate
     probes = record_probes(quantized[first], probe_prompts(ctx, cfg.bundle.probes),
                            max_tokens=cfg.bundle.probe_tokens)
     extra = build_manifest_extra(ctx, probes=probes, probe_model=f"{_gguf_stem(ctx)}.{first}.gguf")
+    extra["targets"] = target_report
     result = write_bundle(dist_dir=cfg.resolve(cfg.bundle.dist), name=cfg.project.name,
                           version=cfg.project.version, files=files, manifest_extra=extra,
-                          readme_text=bundle_readme(ctx, extra))
+                          readme_text=bundle_readme(ctx, extra),
+                          signing_key=cfg.resolve(cfg.bundle.signing_key) if cfg.bundle.signing_key else None)
     ctx.log(f"  {result['dir']} and {result['tar']}")
-    return {A.BUNDLE: {"dir": str(Path(result["dir"]).resolve()), "tar": str(Path(result["tar"]).resolve())}}
+    return {A.BUNDLE: {"dir": str(Path(result["dir"]).resolve()), "tar": str(Path(result["tar"]).resolve()),
+                       "targets": target_report}}
+
+
+def _export_targets(ctx, staging_root: Path, files: dict[str, Path]) -> dict:
+    """Run the selected targets isolated (see edgelora.target_runner); add the files of those
+    that succeeded to ``files``. A failed target is recorded, not raised, unless it touched a
+    file the core bundle ships."""
+    from ..errors import BundleError
+    from ..target_runner import run_targets, select_targets
+
+    cfg = ctx.config
+    names = select_targets(ctx.registry, cfg.export.targets)
+    watch = [ctx.project_dir, cfg.resolve(cfg.bundle.dist)]
+    outcomes = run_targets(ctx, names, staging_root, timeout_s=cfg.export.target_timeout_s,
+                           watch=watch, core_files=files)
+    core = {str(Path(p).resolve()) for p in files.values()}
+    for o in outcomes:
+        touched = [s.split(" ", 1)[1] for s in o.strays if not s.startswith("created ")]
+        hit = [p for p in touched if str(Path(p).resolve()) in core]
+        if hit:
+            raise BundleError(f"{hit[0]}: changed by target {o.name!r} (plugin {o.plugin!r}) while it ran; "
+                              "the bundle was not written")
+        if o.ok:
+            files.update(o.files)
+    return {o.name: o.report() for o in outcomes}
 
 
 def verify(ctx) -> dict:

@@ -8,6 +8,7 @@ one tensor. Before anything is written, ladder step 1 checks the plan.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Callable
 from ..errors import ConversionError
 from ..fsutil import atomic_path
 from .architectures import Architecture, find_architecture
+from .streaming import BackgroundTensorWriter
 
 OUTTYPES = ("f32", "f16", "bf16")
 
@@ -39,9 +41,12 @@ def _order_key(name: str):
     return (1, int(m.group(1)), m.group(2)) if m else (0 if name.startswith("token_embd") else 2, 0, name)
 
 
-def plan_tensors(view, arch: Architecture) -> tuple[list[PlannedTensor], list[str]]:
+VOCAB_TENSORS = ("token_embd.weight", "output.weight")  # one row per token
+
+
+def plan_tensors(view, arch: Architecture, config: dict | None = None) -> tuple[list[PlannedTensor], list[str]]:
     """Every HF tensor mapped or knowingly skipped; unknown names are collected into one error."""
-    config = view.config
+    config = config if config is not None else arch.text_config(view.config)
     planned: list[PlannedTensor] = []
     skipped: list[str] = []
     unknown: list[str] = []
@@ -81,14 +86,22 @@ def plan_tensors(view, arch: Architecture) -> tuple[list[PlannedTensor], list[st
     return planned, skipped
 
 
-def check_vocab(planned: list[PlannedTensor], export, config: dict, where: Path) -> None:
+def fit_vocab_rows(planned: list[PlannedTensor], rows_out: int) -> list[PlannedTensor]:
+    """Embedding/output tensors cut to ``rows_out`` rows (Gemma 3: the real vocabulary)."""
+    return [dataclasses.replace(p, shape=(rows_out, *p.shape[1:]))
+            if p.gguf_name in VOCAB_TENSORS and p.shape[0] > rows_out else p for p in planned]
+
+
+def check_vocab(planned: list[PlannedTensor], export, config: dict, where: Path,
+                embedding_rows: int | None = None) -> None:
     """Ladder step 1, tokenizer side: token count == embedding rows, special ids in range."""
     rows = next(p.shape[0] for p in planned if p.gguf_name == "token_embd.weight")
     if len(export.tokens) != rows:
         raise ConversionError(f"{where}: {len(export.tokens)} tokens but token_embd has {rows} rows")
-    if int(config.get("vocab_size", rows)) != rows:
+    hf_rows = embedding_rows if embedding_rows is not None else rows
+    if int(config.get("vocab_size", hf_rows)) != hf_rows:
         raise ConversionError(f"{where / 'config.json'}: vocab_size {config.get('vocab_size')} "
-                              f"!= {rows} embedding rows")
+                              f"!= {hf_rows} embedding rows")
     for name, tid in export.special_ids.items():
         if not 0 <= tid < rows:
             raise ConversionError(f"{where}: {name} token id {tid} out of range [0, {rows})")
@@ -116,13 +129,16 @@ def _to_output(arr, keep_f32: bool, outtype: str, name: str):
 
     if keep_f32 or outtype == "f32":
         return np.ascontiguousarray(arr, dtype=np.float32)
+    # torch casts on every core and vectorised (numpy's astype(float16) is one slow thread);
+    # both round to nearest even
+    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
     if outtype == "f16":
-        out = np.ascontiguousarray(arr.astype(np.float16))
-        if not np.isfinite(out).all():
+        lo, hi = torch.aminmax(t)  # |x| < 65520 rounds to a finite float16; NaN fails both tests
+        if not (lo.item() > -65520.0 and hi.item() < 65520.0):
             raise ConversionError(f"{name}: a weight overflows float16; convert with outtype bf16 or f32")
-        return out
-    # numpy has no bfloat16: write its raw 16-bit pattern (torch rounds to nearest even)
-    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).to(torch.bfloat16).view(torch.int16).numpy()
+        return t.to(torch.float16).numpy()
+    # numpy has no bfloat16: write its raw 16-bit pattern
+    return t.to(torch.bfloat16).view(torch.int16).numpy()
 
 
 def convert(model_dir, out_path, *, adapter_dir=None, outtype: str = "f16",
@@ -149,23 +165,27 @@ def convert(model_dir, out_path, *, adapter_dir=None, outtype: str = "f16",
                  "bf16": gguf.LlamaFileType.MOSTLY_BF16}[outtype]
 
     with MergedView(model_dir, adapter_dir) as view:
-        config = view.config
-        arch = find_architecture(config, architectures)
-        planned, skipped = plan_tensors(view, arch)
+        arch = find_architecture(view.config, architectures)
+        config = arch.text_config(view.config)
+        planned, skipped = plan_tensors(view, arch, config)
         rows = next(p.shape[0] for p in planned if p.gguf_name == "token_embd.weight")
-        export = build_tokenizer_export(tokenizer_dir, n_vocab=rows, config=config)
-        check_vocab(planned, export, config, model_dir)
+        export = build_tokenizer_export(tokenizer_dir, config=config)
+        rows_out = int(arch.vocab_rows(config, len(export.tokens), rows))
+        export = export.padded_to(rows_out, tokenizer_dir)
+        planned = fit_vocab_rows(planned, rows_out)
+        check_vocab(planned, export, config, model_dir, embedding_rows=rows)
         extras = dict(arch.extra_tensors(config))
 
         with atomic_path(out_path) as tmp:
             writer = gguf.GGUFWriter(str(tmp), arch.gguf_arch)
+            tensor_out = None
             try:
                 writer.add_type("model")
-                _lineage(writer, config, view.adapter_config,
+                _lineage(writer, view.config, view.adapter_config,
                          name or (Path(adapter_dir).name if adapter_dir else model_dir.name), base_model)
                 writer.add_file_type(int(file_type))
                 writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-                arch.write_hparams(config, writer)
+                arch.write_hparams(dict(config, vocab_size=rows_out), writer)
                 write_tokenizer(writer, export)
                 for p in planned:
                     f32 = p.keep_f32 or outtype == "f32"
@@ -178,21 +198,27 @@ def convert(model_dir, out_path, *, adapter_dir=None, outtype: str = "f16",
                 writer.write_kv_data_to_file()
                 writer.write_ti_data_to_file()
                 total_bytes = 0
+                tensor_out = BackgroundTensorWriter(writer)  # writes overlap the next tensor's compute
                 for i, p in enumerate(planned):
                     if p.hf_name is None:
                         arr = extras[p.gguf_name]
                     else:
                         arr = view.get(p.hf_name).numpy()
+                        if p.gguf_name in VOCAB_TENSORS:
+                            arr = arr[: p.shape[0]]
                         arr = arch.transform(p.gguf_name, arr, config)
                     data = _to_output(arr, p.keep_f32, outtype, p.hf_name or p.gguf_name)
                     if tuple(data.shape) != p.shape:
                         raise ConversionError(f"{p.hf_name}: transform changed shape {p.shape} -> {data.shape}")
-                    writer.write_tensor_data(data)
+                    tensor_out.write(data)
                     total_bytes += data.nbytes
                     if progress is not None:
                         progress(i + 1, len(planned), p.gguf_name)
+                tensor_out.finish()
                 writer.flush()
             finally:
+                if tensor_out is not None:
+                    tensor_out.stop()
                 writer.close()
         merged = view.merged_names()
 

@@ -78,6 +78,8 @@ def _value(cur: _Cursor, vtype: int):
         if n > MAX_ARRAY:
             raise ConversionError(f"{cur.path}: array of {n} items is too large")
         if sub == _STRING:
+            if n * 8 > len(cur.buf) - cur.pos:  # every string costs at least its 8-byte length
+                raise ConversionError(f"{cur.path}: array of {n} strings is longer than the file")
             return [cur.string() for _ in range(n)], ("ARRAY", _STRING_NAME)
         if sub not in _SCALARS:
             raise ConversionError(f"{cur.path}: unsupported array item type {sub}")
@@ -110,6 +112,10 @@ def read_metadata(path) -> GGUFMetadata:
             n_tensors, n_kv = cur.take("<Q"), cur.take("<Q")
             if n_kv > MAX_KV or n_tensors > MAX_TENSORS:
                 raise ConversionError(f"{path}: implausible counts ({n_kv} keys, {n_tensors} tensors)")
+            # smallest possible entries: key/value 13 bytes, tensor info 24 bytes
+            if n_kv * 13 + n_tensors * 24 > len(buf) - cur.pos:
+                raise ConversionError(f"{path}: header counts ({n_kv} keys, {n_tensors} tensors) "
+                                      "do not fit in the file")
             kv, kv_types = {}, {}
             for _ in range(n_kv):
                 key = cur.string()
@@ -123,7 +129,9 @@ def read_metadata(path) -> GGUFMetadata:
                 shape = tuple(cur.take("<Q") for _ in range(n_dims))
                 ttype = cur.take("<I")
                 tensors.append((name, shape, ttype, cur.take("<Q")))
-            align = int(kv.get("general.alignment", 32))
+            align = kv.get("general.alignment", 32)
+            if type(align) is not int or not 0 < align <= 1 << 20 or align & (align - 1):
+                raise ConversionError(f"{path}: general.alignment {align!r} is not a power of two")
             data_start = (cur.pos + align - 1) // align * align
             del cur  # release the mmap-backed buffer before the map closes
     return GGUFMetadata(version=version, kv=kv, kv_types=kv_types, tensors=tensors, data_start=data_start)

@@ -3,8 +3,8 @@
 With ``go`` on PATH the real text/template renders (``render.go``), so the equivalence
 proof against the Jinja template uses Go's own semantics. Without Go, a small Python
 interpreter covers the constructs edgelora's shipped templates use: text, trim markers,
-comments, ``range`` (with ``$i, $m :=``), ``if``/``else if``/``else``, printing fields and
-variables, and the functions ``eq ne and or not len index``. Anything else raises
+comments, ``range`` (with ``$i, $m :=``), ``if``/``else if``/``else``, ``$x := …``, printing
+fields and variables, and the functions ``eq ne and or not len index slice``. Anything else raises
 :class:`GoTemplateError` rather than guessing.
 """
 
@@ -46,19 +46,43 @@ def collate(messages: list[dict]) -> tuple[str, list[dict]]:
     return "\n\n".join(systems), merged
 
 
+def _renderer_binary(timeout: float) -> Path:
+    """render.go built once per source version (``go run`` would rebuild it on every call)."""
+    import hashlib
+
+    key = hashlib.sha256(RENDER_GO.read_bytes()).hexdigest()[:16]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgelora"
+    binary = cache / f"gotmpl-render-{key}"
+    if binary.is_file():
+        return binary
+    cache.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("GOCACHE", str(cache / "go-build"))
+    env["GO111MODULE"] = "off"  # a single file, no module download ever
+    env["GOPROXY"] = "off"
+    tmp = cache / f".gotmpl-render-{key}.{os.getpid()}"
+    try:
+        proc = subprocess.run(["go", "build", "-o", str(tmp), str(RENDER_GO)], capture_output=True, text=True,
+                              timeout=timeout, env=env)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise GoTemplateError(f"TEMPLATE: go build failed: {e}") from e
+    if proc.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise GoTemplateError(f"TEMPLATE: go build failed: {proc.stderr.strip()[-300:]}")
+    os.replace(tmp, binary)
+    return binary
+
+
 def render_go(template_text: str, conversations: list[list[dict]], *, timeout: float = 120) -> list[str]:
     """Render each conversation with Go's text/template (needs ``go`` on PATH)."""
     cases = []
     for conv in conversations:
         system, msgs = collate(conv)
         cases.append({"System": system, "Messages": msgs})
-    env = dict(os.environ)
-    env.setdefault("GOCACHE", str(Path.home() / ".cache" / "go-build"))
-    env["GO111MODULE"] = "off"  # a single file, no module download ever
-    env["GOPROXY"] = "off"
+    binary = _renderer_binary(timeout)
     try:
-        proc = subprocess.run(["go", "run", str(RENDER_GO)], input=json.dumps({"Template": template_text, "Cases": cases}),
-                              capture_output=True, text=True, timeout=timeout, env=env)
+        proc = subprocess.run([str(binary)], input=json.dumps({"Template": template_text, "Cases": cases}),
+                              capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise GoTemplateError(f"TEMPLATE: go run failed: {e}") from e
     if proc.returncode != 0:
@@ -124,6 +148,7 @@ def _lex(src: str) -> list[tuple[str, str]]:
 # ---- parser: nodes are tuples ----------------------------------------------------------
 # ("text", s) ("out", expr) ("if", [(cond, body)], else_body) ("range", vars, expr, body, else_body)
 
+_DECLARE = re.compile(r"^(\$\w+)\s*:=\s*(.+)$", re.S)
 _RANGE_VARS = re.compile(r"^range\s+(\$\w+)\s*(?:,\s*(\$\w+)\s*)?:=\s*(.+)$", re.S)
 
 
@@ -180,14 +205,17 @@ def _parse_block(tokens, i):
             if stop != "end":
                 raise GoTemplateError("TEMPLATE: missing {{end}} for {{range}}")
             nodes.append(("range", names, expr, inner, else_body))
-        elif word in ("with", "define", "template", "block", "break", "continue") or ":=" in val or "|" in val:
+        elif _DECLARE.match(val):
+            m = _DECLARE.match(val)
+            nodes.append(("declare", m.group(1), _parse_expr(m.group(2))))
+        elif word in ("with", "define", "template", "block", "break", "continue") or re.match(r"^\$\w*\s*=", val) or "|" in val:
             raise GoTemplateError(f"TEMPLATE: construct not supported without Go: {{{{{val}}}}}")
         else:
             nodes.append(("out", _parse_expr(val)))
     return nodes, None, i
 
 
-_TERM = re.compile(r'\s*(\(|\)|"(?:[^"\\]|\\.)*"|`[^`]*`|-?\d+|\$\w*(?:\.\w+)*|(?:\.\w+)+|\.|\w+)')
+_TERM = re.compile(r'\s*(\(|\)(?:\.\w+)*|"(?:[^"\\]|\\.)*"|`[^`]*`|-?\d+|\$\w*(?:\.\w+)*|(?:\.\w+)+|\.|\w+)')
 
 
 def _parse_expr(src: str):
@@ -209,7 +237,7 @@ def _parse_expr(src: str):
 
 def _parse_command(terms):
     args = []
-    while terms and terms[0] != ")":
+    while terms and not terms[0].startswith(")"):
         arg, terms = _parse_operand(terms)
         args.append(arg)
     if not args:
@@ -225,11 +253,11 @@ def _parse_operand(terms):
     t, rest = terms[0], terms[1:]
     if t == "(":
         expr, rest = _parse_command(rest)
-        if not rest or rest[0] != ")":
+        if not rest or not rest[0].startswith(")"):
             raise GoTemplateError("TEMPLATE: unclosed parenthesis")
-        rest = rest[1:]
-        if rest and rest[0].startswith(".") and rest[0] != ".":  # (index .Messages 0).Role
-            return ("chain", expr, rest[0][1:].split(".")), rest[1:]
+        close, rest = rest[0], rest[1:]
+        if close != ")":  # (index .Messages 0).Role: the field follows the parenthesis directly
+            return ("chain", expr, close[2:].split(".")), rest
         return expr, rest
     if t.startswith('"'):
         return ("lit", json.loads(t)), rest
@@ -277,7 +305,17 @@ _FUNCS = {
     "not": lambda a: not _truth(a),
     "len": lambda a: len(a),
     "index": lambda a, *ks: _index(a, ks),
+    "slice": lambda a, *ix: _slice(a, ix),
 }
+
+
+def _slice(a, ix):
+    if not isinstance(a, (list, str)) or not 0 <= len(ix) <= 2 or not all(isinstance(i, int) for i in ix):
+        raise GoTemplateError("TEMPLATE: error calling slice")
+    lo, hi = (list(ix) + [0, len(a)][len(ix):])[:2]
+    if not 0 <= lo <= hi <= len(a):
+        raise GoTemplateError(f"TEMPLATE: error calling slice: index out of range: {hi}")
+    return a[lo:hi]
 
 
 def _index(a, keys):
@@ -345,6 +383,8 @@ def _exec(nodes, dot, scope, out):
         kind = node[0]
         if kind == "text":
             out.append(node[1])
+        elif kind == "declare":  # scoped like Go's: range bodies run on a per-iteration copy
+            scope[node[1]] = _eval(node[2], dot, scope)
         elif kind == "out":
             out.append(_print(_eval(node[1], dot, scope)))
         elif kind == "if":

@@ -1,0 +1,367 @@
+"""QLoRA training speed: the tutorial recipe (peer) vs edgelora's loop (ours), same GPU, data and seed.
+
+Peer (benchmarks.md §2): transformers Trainer + PEFT + bitsandbytes NF4 (double quant,
+bf16 compute), ``prepare_model_for_kbit_training``, LoRA r=16 alpha=32 dropout 0.05 on
+q,k,v,o,gate,up,down, gradient checkpointing, paged 8-bit AdamW, lr 2e-4, bf16, SDPA.
+Ours: ``edgelora.train.train_lora`` with the same LoRA and optimizer settings (no fp32
+upcast, autocast, Liger RMSNorm/RoPE/SwiGLU + fused linear cross-entropy when installed,
+padding-free packing).
+
+Workload: a Llama-shaped model with random bf16 weights (saved once, then loaded
+through the real 4-bit path by each variant), random token data. ``fixed``: every
+example is ``--seq`` tokens. ``varlen``: lengths drawn log-normally in [32, seq]. Both
+take ``--batch`` examples per step; the peer pads each batch to its longest example,
+ours packs them padding-free into rows of up to ``--seq`` tokens.
+
+Every variant runs in its own process (fresh CUDA memory statistics, no kernel patches
+leaking across), alternating peer/ours ``--repeats`` times. Tokens/s counts real
+(non-padding) tokens between the end of warm-up step ``--warmup`` and the last step,
+with ``torch.cuda.synchronize`` at each step end. MFU = (4·N_nonembedding·tokens/s +
+attention FLOPs/s) / 989e12, attention FLOPs per token = 6·layers·hidden·L_example/…
+(causal, forward + backward) — see ``attention_flops``.
+
+    python bench/bench_train.py --shape 1b --steps 50 --out results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SHAPES = {
+    # Llama-3.2-1B: tied embeddings.
+    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+               num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True, rope_theta=500000.0),
+    # Llama-3.1-8B.
+    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=False, rope_theta=500000.0),
+    # A small shape for checking the script itself.
+    "tiny": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=32000, tie_word_embeddings=True, rope_theta=10000.0),
+}
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+PEAK_BF16 = 989e12  # H100/H200 SXM dense bf16, as benchmarks.md defines MFU
+
+
+def build_model(shape: str, dest: Path, seq: int) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if (dest / "config.json").is_file():
+        return dest
+    cfg = LlamaConfig(**SHAPES[shape], max_position_embeddings=max(seq, 2048), rms_norm_eps=1e-5,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    model.save_pretrained(dest, safe_serialization=True)
+    del model
+    torch.cuda.empty_cache()
+    return dest
+
+
+def make_data(kind: str, n: int, seq: int, vocab: int, seed: int) -> list[list[int]]:
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        if kind == "fixed":
+            length = seq
+        else:  # long-tailed chat-like lengths, median ~ seq/6
+            length = int(min(seq, max(32, rng.lognormvariate(math.log(seq / 6), 0.8))))
+        out.append([rng.randrange(3, vocab) for _ in range(length)])
+    return out
+
+
+def nonembedding_params(cfg: dict) -> int:
+    h, i, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    kv = h // cfg["num_attention_heads"] * cfg["num_key_value_heads"]
+    return layers * (2 * h * h + 2 * h * kv + 3 * h * i)
+
+
+def attention_flops(cfg: dict, lengths: list[int]) -> float:
+    """Causal attention FLOPs (QK^T and AV, forward + backward) for examples of these lengths.
+
+    Forward per example of length L and layer: 2 matmuls x 2 FLOP x L^2/2 x hidden;
+    backward twice the forward: 6 x L^2/2 x hidden per layer... i.e. 3·L²·hidden·layers·2.
+    """
+    return sum(6.0 * cfg["num_hidden_layers"] * cfg["hidden_size"] * L * L for L in lengths)
+
+
+# --------------------------------------------------------------------------- one variant (own process)
+
+
+class StepClock:
+    def __init__(self):
+        self.times: list[float] = []
+        self.losses: list[float] = []
+
+    def tick(self, loss):
+        import torch
+
+        torch.cuda.synchronize()
+        self.times.append(time.perf_counter())
+        if loss is not None:
+            self.losses.append(float(loss))
+
+
+def run_peer(model_dir: Path, data: list[list[int]], args) -> dict:
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import (AutoModelForCausalLM, BitsAndBytesConfig, Trainer, TrainerCallback,
+                              TrainingArguments, set_seed)
+
+    set_seed(args.seed)
+    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=bnb, dtype=torch.bfloat16,
+                                                 device_map={"": 0}, attn_implementation="sdpa")
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    set_seed(args.seed)
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=TARGETS,
+                                             bias="none", task_type="CAUSAL_LM"))
+    # Same first epoch order as ours (edgelora's seeded shuffle), read sequentially, so
+    # both see identical batches and the first-step losses are comparable.
+    import random
+
+    from edgelora.packing import epoch_batches
+
+    encoded = [{"input_ids": ids} for ids in data]
+    order = [i for batch in epoch_batches(encoded, batch_size=args.batch, rng=random.Random(args.seed),
+                                          packed=False, row_tokens=args.seq) for row in batch for i in row]
+    rows = [{"input_ids": data[i], "labels": data[i]} for i in order]
+
+    def collate(batch):
+        width = max(len(r["input_ids"]) for r in batch)
+        ids = torch.zeros((len(batch), width), dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for k, r in enumerate(batch):
+            n = len(r["input_ids"])
+            ids[k, :n] = torch.tensor(r["input_ids"])
+            labels[k, :n] = torch.tensor(r["labels"])
+            mask[k, :n] = 1
+        tokens_per_step.append(int(mask.sum()))  # no workers: one collate per step, in order
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+    clock = StepClock()
+    tokens_per_step: list[int] = []
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, a, state, control, **kw):
+            clock.tick(None)
+
+        def on_step_end(self, a, state, control, **kw):
+            clock.tick(None)
+
+        def on_log(self, a, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                clock.losses.append(float(logs["loss"]))
+
+    targs = TrainingArguments(
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.peer_batch, gradient_accumulation_steps=1,
+        learning_rate=2e-4, max_steps=args.steps, bf16=True, optim="paged_adamw_8bit",
+        gradient_checkpointing=True, logging_steps=1, save_strategy="no", report_to="none",
+        lr_scheduler_type="cosine", warmup_steps=max(1, args.steps // 20), seed=args.seed, data_seed=args.seed,
+        dataloader_num_workers=0, remove_unused_columns=False, max_grad_norm=1.0, weight_decay=0.0)
+    class InOrderTrainer(Trainer):
+        def _get_train_sampler(self, *a, **kw):
+            return torch.utils.data.SequentialSampler(rows)
+
+    trainer = InOrderTrainer(model=model, args=targs, train_dataset=rows, data_collator=collate,
+                             callbacks=[Clock()])
+    torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    return {"times": clock.times, "losses": clock.losses, "tokens_per_step": tokens_per_step,
+            "peak_bytes": torch.cuda.max_memory_allocated()}
+
+
+def parse_ours(variant: str) -> dict:
+    """'ours' with optional suffixes: -rK (only K layers recompute activations), -d0 (LoRA dropout 0),
+    -c (cache the dequantized bf16 base weights)."""
+    opts = {"recompute_layers": -1, "dropout": 0.05, "dequant_cache": 0}
+    for part in variant.split("-")[1:]:
+        if part == "c":
+            opts["dequant_cache"] = -1
+        elif part.startswith("r"):
+            opts["recompute_layers"] = int(part[1:])
+        elif part == "d0":
+            opts["dropout"] = 0.0
+        else:
+            raise SystemExit(f"unknown variant suffix {part!r} in {variant!r}")
+    return opts
+
+
+def run_ours(model_dir: Path, data: list[list[int]], args) -> dict:
+    import torch
+
+    from edgelora.train import train_lora
+
+    clock = StepClock()
+    tokens_per_step: list[int] = []
+    prof = []
+
+    def progress(ev):
+        if ev.get("event") == "step":
+            clock.tick(ev["loss"])
+            tokens_per_step.append(ev["tokens"])
+            if args.profile and ev["step"] == args.warmup:
+                p = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                       torch.profiler.ProfilerActivity.CUDA])
+                p.start()
+                prof.append(p)
+            if prof and ev["step"] == args.warmup + 3:
+                prof[0].stop()
+                print(prof[0].key_averages().table(sort_by="self_cuda_time_total", row_limit=30), flush=True)
+                print(prof[0].key_averages().table(sort_by="self_cpu_time_total", row_limit=12), flush=True)
+        elif ev.get("event") == "notice":
+            print("  notice:", ev["message"], flush=True)
+
+    examples = [{"input_ids": ids, "labels": ids} for ids in data]
+    out = Path(tempfile.mkdtemp()) / "adapter"
+    report = train_lora(base_dir=model_dir, train_examples=examples, eval_examples=[], out_dir=out,
+                        r=16, alpha=32, target_modules=TARGETS, learning_rate=2e-4, **parse_ours(args.variant),
+                        max_steps=args.steps, batch_size=args.batch, grad_accum=1,
+                        warmup_ratio=0.05, max_length=args.seq, seed=args.seed, eval_every=10**9,
+                        packing=args.data == "varlen", device="cuda", quantization="nf4", dtype="bfloat16",
+                        progress=progress)
+    return {"times": clock.times, "losses": clock.losses, "tokens_per_step": tokens_per_step,
+            "peak_bytes": report["peak_gpu_memory_bytes"], "kernels": report["kernels"],
+            "splits": report["micro_batch_splits"], "recomputed_layers": report["recomputed_layers"]}
+
+
+def variant_main(args) -> None:
+    import random
+
+    import torch
+
+    cfg = SHAPES[args.shape]
+    data = make_data(args.data, args.examples, args.seq, cfg["vocab_size"], args.seed)
+    random.seed(args.seed)
+    result = (run_peer if args.variant == "peer" else run_ours)(Path(args.model_dir), data, args)
+    result["variant"] = args.variant
+    result["device"] = torch.cuda.get_device_name()
+    Path(args.result).write_text(json.dumps(result))
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def summarize(res: dict, cfg: dict, args) -> dict:
+    """Tokens/s over steps warmup+1..last from per-step end times and per-step real tokens."""
+    times, toks, w = res["times"], res["tokens_per_step"], args.warmup
+    if res["variant"] == "peer":  # times[0]: train begin; times[k]: end of step k
+        ends = times[1:]
+    else:  # times[k-1]: end of step k
+        ends = times
+    steps = min(len(ends), len(toks))
+    seconds = ends[steps - 1] - ends[w - 1]
+    tokens = sum(toks[w:steps])
+    tok_s = tokens / seconds
+    n = nonembedding_params(cfg)
+    return {"variant": res["variant"], "tokens_per_s": tok_s, "peak_gib": res["peak_bytes"] / 2**30,
+            "first_loss": res["losses"][0] if res["losses"] else None,
+            "losses": res["losses"], "steps_timed": steps - w, "seconds": seconds,
+            "linear_tflops": 4 * n * tok_s / 1e12,
+            **({k: res[k] for k in ("kernels", "splits", "recomputed_layers") if k in res})}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="1b")
+    ap.add_argument("--data", choices=["fixed", "varlen"], default="fixed")
+    ap.add_argument("--seq", type=int, default=2048)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--peer-batch", type=int, default=0, help="peer micro-batch (default: --batch, or matched tokens for varlen)")
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--variants", default="peer,ours")
+    ap.add_argument("--model-dir", default="")
+    ap.add_argument("--profile", action="store_true", help="print a torch.profiler table of 3 'ours' steps")
+    ap.add_argument("--out", default="bench_train.json")
+    # internal: run one variant in this process
+    ap.add_argument("--variant", default="")
+    ap.add_argument("--result", default="")
+    ap.add_argument("--examples", type=int, default=0)
+    args = ap.parse_args()
+    cfg = SHAPES[args.shape]
+    if not args.examples:
+        args.examples = args.steps * args.batch + 64
+    if not args.peer_batch:
+        args.peer_batch = args.batch  # same examples per step: packing only removes padding
+    if args.variant:
+        variant_main(args)
+        return
+
+    import torch
+
+    model_dir = Path(args.model_dir or f"/tmp/edgelora-bench-{args.shape}")
+    t0 = time.perf_counter()
+    build_model(args.shape, model_dir, args.seq)
+    print(f"model {args.shape} ready in {time.perf_counter() - t0:.1f}s at {model_dir}", flush=True)
+    torch.cuda.empty_cache()
+    results = []
+    for rep in range(args.repeats):
+        for variant in args.variants.split(","):
+            res_path = Path(tempfile.mkdtemp()) / "res.json"
+            cmd = [sys.executable, __file__, "--shape", args.shape, "--data", args.data, "--seq", str(args.seq),
+                   "--batch", str(args.batch), "--peer-batch", str(args.peer_batch), "--steps", str(args.steps),
+                   "--warmup", str(args.warmup), "--seed", str(args.seed), "--examples", str(args.examples),
+                   "--model-dir", str(model_dir), "--variant", variant, "--result", str(res_path)]
+            if args.profile and variant.startswith("ours") and rep == 0:
+                cmd.append("--profile")
+            t = time.perf_counter()
+            proc = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            if proc.returncode != 0 or not res_path.is_file():
+                print(f"{variant}: FAILED (exit {proc.returncode})", flush=True)
+                results.append({"variant": variant, "failed": proc.returncode})
+                continue
+            s = summarize(json.loads(res_path.read_text()), cfg, args)
+            s["repeat"], s["wall_s"] = rep, round(time.perf_counter() - t, 1)
+            results.append(s)
+            print(f"{args.shape} {args.data} rep{rep} {variant}: {s['tokens_per_s']:.0f} tok/s, "
+                  f"peak {s['peak_gib']:.2f} GiB, first loss {s['first_loss']}, wall {s['wall_s']}s", flush=True)
+    summary = {"shape": args.shape, "data": args.data, "seq": args.seq, "batch": args.batch,
+               "peer_batch": args.peer_batch, "steps": args.steps, "warmup": args.warmup,
+               "device": torch.cuda.get_device_name(), "versions": _versions(), "results": results}
+    ok = [r for r in results if "failed" not in r]
+    by = {v: sorted(r["tokens_per_s"] for r in ok if r["variant"] == v) for v in args.variants.split(",")}
+    if by.get("peer") and by.get("ours"):
+        med = {v: by[v][len(by[v]) // 2] for v in by if by[v]}
+        summary["speedup_median"] = med["ours"] / med["peer"]
+        summary["speedups"] = {v: med[v] / med["peer"] for v in med}
+        summary["peak_gib_max"] = {v: max(r["peak_gib"] for r in ok if r["variant"] == v) for v in med}
+        print(f"speedups vs peer: {summary['speedups']}; peak GiB: {summary['peak_gib_max']}", flush=True)
+        n = nonembedding_params(cfg)
+        # Attention FLOPs per real token, averaged over the data's example lengths.
+        lengths = [len(x) for x in make_data(args.data, args.examples, args.seq, cfg["vocab_size"], args.seed)]
+        attn_per_token = attention_flops(cfg, lengths) / sum(lengths)
+        summary["mfu"] = {v: (4 * n + attn_per_token) * med[v] / PEAK_BF16 for v in med if by[v]}
+        print(f"speedup ours/peer (median tok/s): {summary['speedup_median']:.2f}x; MFU {summary['mfu']}", flush=True)
+    Path(args.out).write_text(json.dumps(summary, indent=2))
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "liger-kernel", "triton"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""The quantize stage: importance matrix, every requested type, quality report and gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import artifacts as A
+from ..fsutil import atomic_write_json, atomic_write_text
+from .stages_prepare import read_jsonl
+
+
+def shipped_types(ctx) -> list[str]:
+    """Quantization types that passed the gate, in the order the config lists them."""
+    return list(ctx.need(A.QUANTIZED))
+
+
+def _imatrix_values(ctx, out_dir: Path) -> tuple[dict | None, dict]:
+    from ..imatrix import calibration_batches, compute_imatrix, means, read_imatrix, write_imatrix
+    from ..quant_pipeline import wants_imatrix
+
+    ex = ctx.config.export
+    if not wants_imatrix(ex.quantize, ex.imatrix):
+        return None, {"used": False, "setting": ex.imatrix}
+    if ex.imatrix not in ("auto", "on"):
+        path = ctx.config.resolve(ex.imatrix)
+        values = read_imatrix(path)
+        ctx.log(f"  importance matrix: {path} ({len(values)} tensors)")
+        return values, {"used": True, "setting": ex.imatrix, "file": str(path), "tensors": len(values)}
+    base = ctx.need(A.BASE)["path"]
+    source = ctx.config.resolve(ex.calibration) if ex.calibration else ctx.need(A.DATASET)["train"]
+    conversations = read_jsonl(str(source))
+    batches = calibration_batches(base, conversations, max_examples=ex.calibration_examples,
+                                  max_tokens=ctx.config.data.max_seq_length)
+    result = compute_imatrix(base, batches, adapter_dir=ctx.need(A.ADAPTER),
+                             architectures=ctx.registry.architectures)
+    path = write_imatrix(out_dir / "imatrix.gguf", result, dataset=Path(source).name)
+    values = read_imatrix(path)  # what the file says is what the quantizer gets
+    ctx.log(f"  importance matrix: {len(values)} tensors from {result['chunks']} conversations "
+            f"({result['tokens']} tokens, {result['seconds']:.1f} s) -> {path.name}")
+    return values, {"used": True, "setting": ex.imatrix, "file": str(path), "tensors": len(values),
+                    "calibration": str(source), "conversations": result["chunks"], "tokens": result["tokens"],
+                    "seconds": result["seconds"]}
+
+
+def quantize(ctx) -> dict:
+    from ..quant_pipeline import quantize_all
+    from ..quant_quality import GateThresholds, heldout_token_batches, render_markdown
+
+    ex = ctx.config.export
+    src = ctx.need(A.GGUF)
+    out_dir = ctx.stage_dir("quantize")
+    for stale in out_dir.glob("*.gguf"):
+        if stale.name != "imatrix.gguf":
+            stale.unlink()
+    values, imatrix_report = _imatrix_values(ctx, out_dir)
+    ds = ctx.need(A.DATASET)
+    heldout = read_jsonl(ds["heldout"]) or read_jsonl(ds["train"])
+    batches = heldout_token_batches(src, heldout, n_texts=ex.quality_texts, max_tokens=ex.quality_tokens)
+    thresholds = GateThresholds(max_kl=ex.gate_max_kl, min_top1=ex.gate_min_top1, max_ppl_ratio=ex.gate_max_ppl_ratio)
+    shipped, quality = quantize_all(src, out_dir, ctx.config.project.name, ex.quantize, imatrix=values,
+                                    compare=ex.imatrix_compare, batches=batches, thresholds=thresholds,
+                                    gate=ex.gate, log=ctx.log)
+    quality["imatrix"] = imatrix_report
+    atomic_write_json(out_dir / "quality.json", quality)
+    atomic_write_text(out_dir / "quality.md", render_markdown(quality))
+    return {A.QUANTIZED: shipped, A.QUANT_REPORT: quality}

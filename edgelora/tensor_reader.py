@@ -1,0 +1,79 @@
+"""Read safetensors tensors with plain file reads, straight into float32.
+
+safetensors' ``safe_open`` memory-maps the file: every page a conversion touches stays mapped
+and counts toward the process's resident memory, so converting a 2 GB base "uses" 2 GB more
+than the one tensor it holds at a time. Reading each tensor with ``readinto`` in fixed-size
+chunks and widening each chunk into the float32 result keeps memory at the result tensor
+plus one chunk, and the page cache (not the process) holds the file.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+_DTYPES = {"F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2), "F64": ("float64", 8),
+           "I64": ("int64", 8), "I32": ("int32", 4), "I16": ("int16", 2), "I8": ("int8", 1), "U8": ("uint8", 1),
+           "BOOL": ("bool", 1)}
+CHUNK_BYTES = 16 << 20
+
+
+class SafetensorsFile:
+    """Names, dtypes, shapes and float32 reads of one safetensors file (header validated by
+    :func:`edgelora.sources.check_safetensors_header` before this is built)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        with open(self.path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        self._data_start = 8 + n
+        self._entries = {k: v for k, v in header.items() if k != "__metadata__"}
+
+    def keys(self):
+        return self._entries.keys()
+
+    def shape(self, name: str) -> list[int]:
+        return list(self._entries[name]["shape"])
+
+    def dtype(self, name: str) -> str:
+        return self._entries[name]["dtype"]
+
+    def read_f32(self, name: str):
+        """The tensor as a new float32 torch tensor, converted chunk by chunk while reading."""
+        import torch
+
+        entry = self._entries[name]
+        src_dtype, itemsize = _DTYPES[entry["dtype"]]
+        src_dtype = getattr(torch, src_dtype)
+        begin, end = entry["data_offsets"]
+        out = torch.empty(entry["shape"], dtype=torch.float32)
+        flat = out.view(-1)
+        n = flat.numel()
+        if n * itemsize != end - begin:
+            raise OSError(f"{self.path}: tensor {name} size mismatch")
+        if src_dtype == torch.float32:  # already the result's layout: read in place
+            self._read_into(flat.view(torch.uint8).numpy(), begin, name)
+            return out
+        per_chunk = max(1, CHUNK_BYTES // itemsize)
+        buf = torch.empty(min(n, per_chunk), dtype=src_dtype)
+        raw = buf.view(torch.uint8).numpy()
+        done = 0
+        while done < n:
+            count = min(per_chunk, n - done)
+            self._read_into(raw[: count * itemsize], begin + done * itemsize, name)
+            flat[done:done + count].copy_(buf[:count])
+            done += count
+        return out
+
+    def _read_into(self, dest, offset: int, name: str) -> None:
+        view = memoryview(dest).cast("B")
+        with open(self.path, "rb", buffering=0) as f:
+            f.seek(self._data_start + offset)
+            got = 0
+            while got < len(view):
+                k = f.readinto(view[got:])
+                if not k:
+                    raise OSError(f"{self.path}: tensor {name} truncated")
+                got += k

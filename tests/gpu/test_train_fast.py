@@ -1,0 +1,105 @@
+"""The fast CUDA path (opt-in: ``pytest -m gpu``): NF4 base kept in bf16, autocast, Liger kernels, packing."""
+
+import json
+
+import pytest
+
+from edgelora.data import encode_chat
+from edgelora.packing import collate, pack_rows
+from edgelora.train import train_lora
+
+pytestmark = pytest.mark.gpu
+
+
+def example(question, answer):
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+
+
+def _nf4_peft(tiny_llama_dir, kernels: bool):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from edgelora.train_kernels import apply_fused_kernels
+    from edgelora.train_setup import load_model
+
+    model = load_model(tiny_llama_dir, "cuda", "nf4", "bfloat16")
+    applied = apply_fused_kernels(model, "cuda") if kernels else []
+    torch.manual_seed(0)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+    return model, applied
+
+
+def test_packed_equals_padded_with_fused_kernels_on_nf4(tiny_llama_dir):
+    pytest.importorskip("bitsandbytes")
+    pytest.importorskip("liger_kernel")
+    import torch
+    from transformers import AutoTokenizer
+
+    from edgelora.train import _loss_sum
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir, local_files_only=True)
+    convs = [[{"role": "user", "content": f"Question {i}? " + "word " * (i * 5)},
+              {"role": "assistant", "content": "Answer " + "x " * (9 - i)}] for i in range(8)]
+    data = [encode_chat(tok, c, max_length=256) for c in convs]
+    padded = collate([[e] for e in data], tok.pad_token_id, "cuda", packed=False)
+    rows = pack_rows(data, list(range(len(data))), row_tokens=256)
+    packed = collate([[data[i] for i in r] for r in rows], tok.pad_token_id, "cuda", packed=True)
+
+    plain, _ = _nf4_peft(tiny_llama_dir, kernels=False)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        ref = float(_loss_sum(plain, padded, True))
+    del plain
+    fast, applied = _nf4_peft(tiny_llama_dir, kernels=True)
+    assert "liger:rms_norm" in applied and "liger:swiglu" in applied
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        fused_padded = float(_loss_sum(fast, padded, True, fused=True))
+        fused_packed = float(_loss_sum(fast, packed, True, fused=True))
+    # bf16 compute: agreement to a few parts in a thousand.
+    assert fused_padded == pytest.approx(ref, rel=5e-3)
+    assert fused_packed == pytest.approx(fused_padded, rel=5e-3)
+
+
+def test_fast_qlora_trains_and_records_kernels_and_memory(tiny_llama_dir, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    train = [example(f"Item {i}?", "banana split") for i in range(32)]
+    held = [example(f"Item {i}?", "banana split") for i in range(32, 36)]
+    out = tmp_path / "adapter"
+    report = train_lora(base_dir=tiny_llama_dir, train_examples=train, eval_examples=held, out_dir=out,
+                        r=8, alpha=16, learning_rate=2e-2, max_steps=12, batch_size=8, eval_every=4,
+                        max_length=64, device="cuda", packing=True)
+    assert report["quantization"] == "nf4" and report["packing"] is True
+    assert report["peak_gpu_memory_bytes"] > 0
+    if report["kernels"]:
+        assert "liger:fused_linear_cross_entropy" in report["kernels"]
+    assert report["best_eval_loss"] < report["initial_eval_loss"] - 1.0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+
+
+def test_dequantized_weight_cache_gives_the_same_loss_and_gradients(tiny_llama_dir):
+    pytest.importorskip("bitsandbytes")
+    import torch
+    from transformers import AutoTokenizer
+
+    from edgelora.train import _loss_sum
+    from edgelora.train_kernels import cache_dequantized_weights
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir, local_files_only=True)
+    data = [encode_chat(tok, example(f"Q {i}?", "an answer " * (i + 1))["messages"], max_length=128) for i in range(4)]
+    batch = collate([[e] for e in data], tok.pad_token_id, "cuda", packed=False)
+    model, _ = _nf4_peft(tiny_llama_dir, kernels=False)
+    model.train()
+
+    def loss_and_grads():
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = _loss_sum(model, batch, True)
+        loss.backward()
+        return float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    ref_loss, ref_grads = loss_and_grads()
+    assert cache_dequantized_weights(model) == 14  # 2 layers x 7 linears
+    loss, grads = loss_and_grads()
+    assert loss == pytest.approx(ref_loss, rel=1e-3)
+    for name, g in grads.items():
+        assert torch.allclose(g, ref_grads[name], rtol=2e-2, atol=1e-4), name
