@@ -81,21 +81,25 @@ def main(argv=None) -> int:
     sets = sets_of_200()
     n = sum(len(s.items) for s in sets)
     times: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}  # CPU seconds of this process: what a quiet machine would take
     scores: dict[str, list] = {}
     for _ in range(args.repeats):
         for conf in args.configs.split(","):
             par, mode = conf.split(":")
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             report = evaluate_models({"m": str(gguf)}, sets, parallel=int(par), early_stop=mode == "early")
             times.setdefault(conf, []).append(time.perf_counter() - t0)
+            cpu.setdefault(conf, []).append(time.process_time() - c0)
             scores.setdefault(conf, []).append({k: v["models"]["m"]["metrics"] for k, v in report["sets"].items()})
             m = report["models"]["m"]
-            print(f"{conf}: {n} prompts in {times[conf][-1]:.1f} s (load included); {m['prompt_tokens']} prompt "
+            print(f"{conf}: {n} prompts in {times[conf][-1]:.1f} s wall, {cpu[conf][-1]:.1f} s CPU (load included); "
+                  f"{m['prompt_tokens']} prompt "
                   f"tokens evaluated, {m['generated_tokens']} generated; load avg {os.getloadavg()[0]:.1f}", flush=True)
     print(f"\nmodel: {gguf} ({gguf.stat().st_size / 2**20:.0f} MiB), {n} prompts, cpu_count {os.cpu_count()}")
     for conf, ts in times.items():
         same = all(s == scores[conf][0] for s in scores[conf])
-        print(f"{conf}: median {statistics.median(ts):.1f} s over {len(ts)} runs "
+        print(f"{conf}: median {statistics.median(ts):.1f} s wall, {statistics.median(cpu[conf]):.1f} s CPU "
+              f"over {len(ts)} runs "
               f"({n / statistics.median(ts):.1f} prompts/s); repeat runs identical scores: {same}")
         print(f"  scores: {json.dumps(scores[conf][0])}")
     return 0

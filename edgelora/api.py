@@ -61,9 +61,12 @@ def plan(project_dir: str | Path, *, log=print, extra_plugins=()) -> dict:
     loaded = plugins.load(extra=list(extra_plugins))
     ctx = Context(config=cfg, project_dir=Path(project_dir).resolve(), registry=loaded.registry, log=log)
     summary, problems = collect_problems(ctx)
-    problems = loaded.load_errors + problems
     if problems:
-        raise PlanError(problems)
+        raise PlanError(loaded.load_errors + problems)
+    # A broken plugin the project does not use must not stop it; one it uses shows up above
+    # as an unknown source, architecture or target.
+    for err in loaded.load_errors:
+        log(f"warning: {err}")
     for warning in summary.get("warnings", []):
         log(f"warning: {warning}")
     return summary
@@ -93,7 +96,7 @@ def build(project_dir, *, force: Iterable[str] = (), log=print, console=None, ex
     ctx = run_stages(project_dir, None, force=force, log=log, console=console, extra_plugins=extra_plugins,
                      options={"gate": gate})
     return {"bundle": ctx.artifacts.get(A.BUNDLE), "eval": ctx.artifacts.get(A.EVAL_REPORT),
-            "gates": ctx.artifacts.get(A.GATE_REPORT),
+            "gates": ctx.artifacts.get(A.GATE_REPORT), "quant_quality": ctx.artifacts.get(A.QUANT_REPORT),
             "verify_ok": (ctx.artifacts.get(A.VERIFY_REPORT) or {}).get("ok")}
 
 
@@ -137,7 +140,7 @@ def convert(model_dir, out_path, *, adapter_dir=None, outtype="f16", validate=Tr
 
 
 def convert_adapter(model_dir, adapter_dir, out_path, *, outtype="f16", validate=True, base_gguf=None,
-                    min_top1: float = 0.98) -> dict:
+                    min_top1: float = 0.98, prompts=None, n_tokens: int = 64) -> dict:
     """LoRA GGUF sidecar for ``Llama(model_path=base, lora_path=out)``; validated against the
     PEFT-attached model through ``base_gguf`` (converted to a temporary file when not given)."""
     import tempfile
@@ -156,17 +159,22 @@ def convert_adapter(model_dir, adapter_dir, out_path, *, outtype="f16", validate
         if base_gguf is None:
             base_gguf = Path(tmp) / "base.gguf"
             convert_gguf(model_dir, base_gguf, outtype=outtype, architectures=registry.architectures)
-        check = compare_sidecar(base_gguf, out_path, model_dir, adapter_dir)
+        check = compare_sidecar(base_gguf, out_path, model_dir, adapter_dir, prompts=prompts, n_tokens=n_tokens)
     if check["top1_agreement"] < min_top1:
         raise FidelityError(f"{out_path}: base GGUF + sidecar vs PEFT-attached model: top-1 agreement "
                             f"{check['top1_agreement']:.3f} < {min_top1} (max |Δlogit| {check['max_abs_delta']:.3g})")
     return {"convert": report, "validation": check}
 
 
-def quantize(in_path, out_path, qtype: str) -> dict:
+def quantize(in_path, out_path, qtype: str, *, imatrix_path=None) -> dict:
     from .quantize import quantize as quantize_gguf
 
-    return quantize_gguf(in_path, out_path, qtype)
+    imatrix = None
+    if imatrix_path is not None:
+        from .imatrix import read_imatrix
+
+        imatrix = read_imatrix(imatrix_path)  # GGUF imatrix or legacy .dat, as llama-quantize reads
+    return quantize_gguf(in_path, out_path, qtype, imatrix=imatrix)
 
 
 def verify(bundle_path, *, run_probes: bool = True, allow_plugins: bool = False, trust=None) -> dict:

@@ -109,6 +109,7 @@ def build(directory, force, no_gate):
     api.plan(directory, log=console.print)
     result = api.build(directory, force=force, log=console.print, console=console, gate=not no_gate)
     _print_scores(result.get("eval") or {})
+    _print_quant_quality(result)
     b = result["bundle"]
     click.echo(f"bundle: {b['dir']}\narchive: {b['tar']}\nverify: {'ok' if result['verify_ok'] else 'FAILED'}")
     failed = {n: t for n, t in (b.get("targets") or {}).items() if not t.get("ok")}
@@ -117,6 +118,15 @@ def build(directory, force, no_gate):
     if failed:
         click.echo(f"build: the bundle is complete without the failed target(s) {', '.join(failed)}", err=True)
         sys.exit(1)
+
+
+def _print_quant_quality(result: dict) -> None:
+    from .default_plugins.stages_quantize import task_scores
+    from .quant_quality import render_markdown
+
+    report = result.get("quant_quality") or {}
+    if report.get("results"):
+        click.echo(render_markdown(report, task_scores(result.get("eval"))))
 
 
 def _print_scores(report: dict) -> None:
@@ -257,12 +267,14 @@ def convert(model_dir, output, adapter, outtype, no_validate, adapter_only, base
 @click.argument("input_gguf", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--type", "qtype", required=True, help="Quantization type, e.g. Q8_0, Q4_0, Q4_K_M.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--imatrix", "imatrix_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Importance matrix file (GGUF imatrix or legacy .dat); needed by IQ1/IQ2/IQ3_XXS and Q2_K_S.")
 @handle_errors
-def quantize(input_gguf, qtype, output):
+def quantize(input_gguf, qtype, output, imatrix_path):
     """Quantize a GGUF with llama.cpp's own quantizer."""
     from . import api
 
-    report = api.quantize(input_gguf, output, qtype)
+    report = api.quantize(input_gguf, output, qtype, imatrix_path=imatrix_path)
     click.echo(json.dumps(report, indent=2, default=str))
 
 

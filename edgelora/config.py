@@ -69,6 +69,8 @@ class TrainConfig:
     early_stop: int = _f(3, "Stop once eval loss stayed above its best for this many evals in a row (0: never).")
     packing: bool = _f(True, "Pack examples padding-free into rows of max_seq_length tokens (no cross-example attention).")
     save_every: int = _f(0, "Write a resumable checkpoint every N steps (0: at every eval).")
+    recompute_layers: int = _f(-1, "CUDA: decoder layers that recompute activations in backward (-1: all). Fewer is faster, uses more GPU memory.")
+    dequant_cache: int = _f(0, "CUDA QLoRA: keep a bf16 copy of this many dequantized base weights (-1: all, 0: none). Faster, +2 bytes/weight.")
     seed: int = _f(0, "Training seed.")
     device: str = _f("auto", "'auto' (CUDA if present), 'cuda' or 'cpu'.")
     quantization: str = _f("auto", "'auto' (NF4 QLoRA on CUDA, none on CPU), 'nf4' or 'none'.")
@@ -255,6 +257,8 @@ def problems(cfg: Config) -> list[str]:
         out.append(f"{w}: [train] batch_size and grad_accum must be positive")
     if t.early_stop < 0 or t.save_every < 0:
         out.append(f"{w}: [train] early_stop and save_every must be 0 or positive")
+    if t.recompute_layers < -1 or t.dequant_cache < -1:
+        out.append(f"{w}: [train] recompute_layers and dequant_cache must be -1 (all) or a count >= 0")
     if t.device not in ("auto", "cpu", "cuda"):
         out.append(f"{w}: [train] device {t.device!r} must be auto, cpu or cuda")
     if t.quantization not in ("auto", "nf4", "none"):

@@ -261,7 +261,8 @@ class MergedView:
 
         name = self._aliases.get(name, name)
         if name in self._base_override:
-            t = self._adapter.get_tensor(self._base_override[name]).to(torch.float32)
+            # a private copy: get() adds the delta in place, and safetensors may share storage
+            t = self._adapter.get_tensor(self._base_override[name]).to(torch.float32, copy=True)
         else:
             t = self._files[name].read_f32(name)
         return t if self.base_filter is None else self.base_filter(name, t)

@@ -79,15 +79,16 @@ def quantize_all(src_gguf, out_dir, stem: str, types: list[str], *, imatrix: dic
     for t, g in failed.items():
         log(f"  gate: {t} FAILS ({'; '.join(g['failures'])})"
             + (", left out of the bundle" if gate == "drop" else ""))
-    if len(failed) == len(types):
+    none_pass = len(failed) == len(types)
+    if none_pass or (failed and gate == "fail") or gate == "drop":
+        for t in failed:  # a failing type never lies around looking shippable
+            final[t].unlink()
+    if none_pass:
         raise QuantizeError("quality gate: no requested type passes: " + "; ".join(
             f"{t}: {', '.join(g['failures'])}" for t, g in failed.items()))
     if failed and gate == "fail":
         t, g = next(iter(failed.items()))
         raise QuantizeError(f"quality gate: {t} fails: {', '.join(g['failures'])} (export.gate = 'fail')")
     shipped = {t: str(p.resolve()) for t, p in final.items() if gate == "report" or t not in failed}
-    for t in failed:
-        if t not in shipped:
-            final[t].unlink()
     report["shipped"] = list(shipped)
     return shipped, report

@@ -60,7 +60,13 @@ def _capture_stderr():
     """Collect llama.cpp's log so a failure can quote it; silence it otherwise. Errors arrive
     through llama-cpp-python's log callback (Python's ``sys.stderr``), other output on fd 2."""
     import io
+    import logging
 
+    from llama_cpp import _logger
+
+    # After any Llama(verbose=False) the callback drops llama.cpp errors (their level maps to DEBUG).
+    level = _logger.logger.level
+    _logger.logger.setLevel(logging.DEBUG)
     log = tempfile.TemporaryFile()
     saved = os.dup(2)
     os.dup2(log.fileno(), 2)
@@ -70,6 +76,7 @@ def _capture_stderr():
         yield box
     finally:
         callback_text, sys.stderr = sys.stderr.getvalue(), py_stderr
+        _logger.logger.setLevel(level)
         os.dup2(saved, 2)
         os.close(saved)
         log.seek(0)

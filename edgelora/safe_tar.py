@@ -8,6 +8,7 @@ manifest), and only then are the bytes copied, bounded by each member's declared
 
 from __future__ import annotations
 
+import errno
 import tarfile
 from pathlib import Path
 
@@ -131,6 +132,8 @@ def extract_bundle_tar(tar_path: Path, staging: Path, add_check, parse_manifest,
                         out.write(block)
                         remaining -= len(block)
             except (tarfile.TarError, OSError, EOFError) as e:
+                if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                    raise  # our disk, not the archive: the caller reports it as such
                 add_check("archive", False, f"{name}: incomplete: {e}")
                 return None
             if remaining:

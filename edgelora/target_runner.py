@@ -149,7 +149,7 @@ def _worker(conn, target, payload: dict) -> None:
 
 
 def _kill(proc) -> None:
-    if proc.pid is not None and hasattr(os, "killpg"):
+    if proc.pid is not None and hasattr(os, "killpg") and proc.pid != os.getpgrp():
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -168,8 +168,8 @@ def _run_isolated(target, payload: dict, timeout_s: float, log: Callable[[str], 
                          "make it a module-level function")
     mp = multiprocessing.get_context("spawn")
     parent, child = mp.Pipe(duplex=False)
-    proc = mp.Process(target=_worker, args=(child, target, payload), name=f"edgelora-target-{target.name}",
-                      daemon=True)
+    # Not a daemon: a target may use multiprocessing itself; the finally below reaps it.
+    proc = mp.Process(target=_worker, args=(child, target, payload), name=f"edgelora-target-{target.name}")
     proc.start()
     child.close()
     deadline = time.monotonic() + timeout_s
@@ -194,13 +194,10 @@ def _run_isolated(target, payload: dict, timeout_s: float, log: Callable[[str], 
                 log(value)
                 continue
             proc.join(5)
-            if proc.is_alive():
-                _kill(proc)
             return kind, value
     finally:
         parent.close()
-        if proc.is_alive():
-            _kill(proc)
+        _kill(proc)  # the whole process group: nothing a target started outlives its export
 
 
 def _check_files(files: dict[str, str], staging: Path, taken: dict[str, str]) -> str | None:

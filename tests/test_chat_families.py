@@ -260,3 +260,13 @@ def test_smollm2_real_tokenizer_and_gguf_vocabulary(smollm2_dir, smollm2_gguf):
     assert set(check_eog(smollm2_gguf, eot)) == {"<|im_end|>"}
     with pytest.raises(ModelfileError, match="not end-of-generation"):
         check_eog(smollm2_gguf, ["<|im_start|>"])  # a turn marker, not where generation stops
+
+
+def test_python_fallback_follows_go_on_declarations_slice_and_parenthesised_fields():
+    tmpl = ('{{- range $i, $m := .Messages }}{{ $last := eq (len (slice $.Messages $i)) 1 }}'
+            '{{ if or (ne $m.Role "system") $m.Content }}{{ $i }}{{ (index $.Messages 0).Role }}{{ $last }}|{{ end }}'
+            '{{ end }}{{ len (slice .Messages 1 2) }}')
+    convs = [PROBE_CONVERSATIONS[1], PROBE_CONVERSATIONS[6]]
+    assert gotmpl.render_python(tmpl, convs) == gotmpl.render_go(tmpl, convs)
+    with pytest.raises(gotmpl.GoTemplateError):
+        gotmpl.render_python("{{ $x := 1 }}{{ $x = 2 }}", [[]])  # assignment: only with Go

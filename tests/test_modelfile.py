@@ -117,7 +117,7 @@ def test_smollm2_tokenizer_chooses_chatml_family_with_default_system_quirk(smoll
     # Plain ChatML does not match SmolLM2: its template injects a default system prompt.
     assert name == "smollm2"
     assert go_text == available_chat_templates()["smollm2"]
-    assert stops == ["<|im_start|>", "<|im_end|>"]
+    assert stops == ["<|im_end|>", "<|im_start|>"]  # end of turn first, then the turn marker
     no_system = gotmpl.render(go_text, [[{"role": "user", "content": "hi"}]])[0]
     assert no_system.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
     assert no_system == render_chat(jinja, [{"role": "user", "content": "hi"}])
@@ -125,7 +125,7 @@ def test_smollm2_tokenizer_chooses_chatml_family_with_default_system_quirk(smoll
 
 def test_plain_chatml_template_chooses_chatml():
     name, _, stops = choose_chat_template(CHATML_JINJA, None)
-    assert name == "chatml" and stops == ["<|im_start|>", "<|im_end|>"]
+    assert name == "chatml" and stops == ["<|im_end|>", "<|im_start|>"]
 
 
 def test_choice_without_go_uses_python_renderer(monkeypatch):

@@ -114,3 +114,14 @@ def test_alpha_check_on_the_nf4_base(tiny_llama_dir, qlora_adapter):
 def test_merge_base_config_is_checked():
     assert problems(Config(merge=MergeConfig(base="nf4"))) == problems(Config())
     assert any("[merge] base" in p for p in problems(Config(merge=MergeConfig(base="int8"))))
+
+
+def test_gguf_converted_on_the_nf4_base_matches_the_4bit_reference(tiny_llama_dir, qlora_adapter, tmp_path):
+    from edgelora.gguf.convert import convert
+    from edgelora.gguf.validate import compare_logits
+
+    out = tmp_path / "nf4-merged.f32.gguf"
+    convert(tiny_llama_dir, out, adapter_dir=qlora_adapter, outtype="f32", base_filter=Nf4Base())
+    got = compare_logits(out, tiny_llama_dir, qlora_adapter, prompts=PROMPTS[:1], n_tokens=24,
+                         base_filter=Nf4Base())
+    assert got["top1_agreement"] >= 0.98 and got["max_abs_delta"] < 2e-2, got

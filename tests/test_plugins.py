@@ -277,3 +277,25 @@ def test_allow_and_block_lists_apply_to_entry_points(monkeypatch):
     assert "lmstudio" in plugins.load().registry.targets
     monkeypatch.setenv("EDGELORA_BLOCK_PLUGINS", "lmstudio")
     assert "lmstudio" not in plugins.load().registry.targets
+
+
+def test_plan_warns_about_a_broken_plugin_the_project_does_not_use(monkeypatch, tmp_path, tiny_llama_dir):
+    import json
+
+    from edgelora import api
+    from edgelora.errors import PlanError
+    from edgelora.testing import conversations
+
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [_EP("lmstudio", error=ImportError("no lmstudio"))])
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text("".join(json.dumps(c) + "\n" for c in conversations(12)))
+    toml = f'[project]\nname = "p"\n[base]\nsource = "local"\npath = "{tiny_llama_dir}"\n'
+    (tmp_path / "edgelora.toml").write_text(toml)
+    logs: list[str] = []
+    api.plan(tmp_path, log=logs.append)
+    assert any("plugin 'lmstudio'" in line and "no lmstudio" in line for line in logs)
+    (tmp_path / "edgelora.toml").write_text(toml + '[export]\ntargets = ["lmstudio"]\n')
+    with pytest.raises(PlanError) as e:
+        api.plan(tmp_path, log=logs.append)
+    text = str(e.value)
+    assert "no lmstudio" in text and "[export] targets ['lmstudio'] are not registered" in text

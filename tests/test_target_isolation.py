@@ -198,3 +198,38 @@ def test_build_with_failing_targets_keeps_core_bundle_and_good_target(edgelora_b
     assert build.manifest["targets"] == json.loads(json.dumps(t))
     assert verify_bundle(build.bundle_dir)["ok"]
     assert build.verify_ok is True
+
+
+def test_cli_build_exits_1_naming_a_failed_target(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from edgelora import api
+    from edgelora.cli import cli
+
+    targets = {"ollama": {"ok": True, "plugin": "edgelora.default_plugins.targets", "files": ["Modelfile"]},
+               "flaky": {"ok": False, "plugin": "flaky-plugin", "files": [],
+                         "error": "target 'flaky' (plugin 'flaky-plugin') failed: timed out after 5 s"}}
+    monkeypatch.setattr(api, "plan", lambda *a, **k: {})
+    monkeypatch.setattr(api, "build", lambda *a, **k: {
+        "bundle": {"dir": str(tmp_path / "b"), "tar": str(tmp_path / "b.tar"), "targets": targets},
+        "eval": {}, "verify_ok": True})
+    result = CliRunner().invoke(cli, ["build", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "verify: ok" in result.output
+    assert "target flaky: FAILED: target 'flaky' (plugin 'flaky-plugin') failed: timed out" in result.output
+    assert "complete without the failed target(s) flaky" in result.output
+
+
+def test_a_target_changing_a_core_file_stops_the_bundle(tmp_path):
+    import dataclasses
+
+    from edgelora.default_plugins.stages_export import _export_targets
+    from edgelora.errors import BundleError
+
+    ctx = _ctx(tmp_path, ["touches-core", "good"])
+    cfg = ctx.config
+    ctx = dataclasses.replace(ctx, config=dataclasses.replace(
+        cfg, export=dataclasses.replace(cfg.export, targets=["good", "touches-core"])))
+    files = {"core.gguf": tmp_path / "core.gguf"}
+    with pytest.raises(BundleError, match=r"core.gguf: changed by target 'touches-core' \(plugin 'plugin-touches-core'\)"):
+        _export_targets(ctx, tmp_path / "staging", files)

@@ -148,6 +148,8 @@ def _add_link(name, kind):
     (_add_link("demo-1.0/link", tarfile.SYMTYPE), "symlink"),
     (_add_link("demo-1.0/hard", tarfile.LNKTYPE), "hardlink"),
     (_add_link("demo-1.0/dev", tarfile.CHRTYPE), "device"),
+    (_add_link("demo-1.0/fifo", tarfile.FIFOTYPE), "FIFO"),
+    (_add_link("demo-1.0/blk", tarfile.BLKTYPE), "device"),
     (_add_file("demo-1.0/Modelfile"), "duplicate"),
     (_add_file("demo-1.0/notes.txt"), "unexpected file"),
 ])

@@ -19,14 +19,20 @@ def _gguf_stem(ctx) -> str:
 def convert(ctx) -> dict:
     from ..gguf.convert import convert as convert_gguf
     from ..gguf.validate import validate
+    from ..merge_base import base_filter_for
 
     outtype = ctx.config.export.outtype
     base = ctx.need(A.BASE)["path"]
     adapter = ctx.need(A.ADAPTER)
+    # the merge stage chose the base (original or NF4 round trip); convert and check on the same
+    merge_base = (ctx.need(A.MERGE_REPORT).get("merge_base") or {}).get("chosen", "bf16")
+    base_filter = base_filter_for(merge_base)
     out = ctx.stage_dir("convert") / f"{_gguf_stem(ctx)}.{outtype.upper()}.gguf"
     report = convert_gguf(base, out, adapter_dir=adapter, outtype=outtype,
-                          architectures=ctx.registry.architectures)
-    check = validate(out, base, adapter_dir=adapter, min_top1=ctx.config.export.min_top1_agreement)
+                          architectures=ctx.registry.architectures, base_filter=base_filter)
+    check = validate(out, base, adapter_dir=adapter, min_top1=ctx.config.export.min_top1_agreement,
+                     base_filter=base_filter)
+    report["merge_base"] = merge_base
     report = {"convert": report, "validation": check}
     atomic_write_json(ctx.stage_dir("convert") / "convert_report.json", report)
     ctx.log(f"  {out.name}: top-1 agreement vs HF {_get(check, 'top1_agreement')}, "
@@ -123,6 +129,9 @@ def bundle(ctx) -> dict:
     from ..evaluation.stage import bundle_files
 
     files.update(bundle_files(ctx.artifacts.get(A.GATE_REPORT) or ctx.need(A.EVAL_REPORT)))
+    from .stages_quantize import quality_files
+
+    files.update(quality_files(ctx, staging))  # quantization quality report and gate verdicts
     target_report = _export_targets(ctx, staging / "targets", files)
     first = next(iter(quantized))  # first type that passed the gate
     probes = record_probes(quantized[first], probe_prompts(ctx, cfg.bundle.probes),

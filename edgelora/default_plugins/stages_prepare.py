@@ -124,6 +124,7 @@ def train(ctx) -> dict:
             max_length=ctx.config.data.max_seq_length, seed=t.seed, eval_every=t.eval_every,
             device=t.device, quantization=t.quantization, max_seconds=t.max_seconds or None,
             early_stop=t.early_stop, packing=t.packing, save_every=t.save_every or None,
+            recompute_layers=t.recompute_layers, dequant_cache=t.dequant_cache,
             checkpoint_dir=ctx.stage_dir("train") / "checkpoints",
             resume=bool(ctx.options.get("resume")), force=bool(ctx.options.get("force")),
             progress=progress)

@@ -64,3 +64,31 @@ def quantize(ctx) -> dict:
     atomic_write_json(out_dir / "quality.json", quality)
     atomic_write_text(out_dir / "quality.md", render_markdown(quality))
     return {A.QUANTIZED: shipped, A.QUANT_REPORT: quality}
+
+
+def task_scores(eval_report: dict | None) -> dict:
+    """{quant type: first metric of the held-out set (else the first set)} of each fine-tune GGUF."""
+    sets = (eval_report or {}).get("sets") or {}
+    if not sets:
+        return {}
+    chosen = sets.get("heldout") or next(iter(sets.values()))
+    metric = (chosen.get("metrics") or [None])[0]
+    out = {}
+    for label, scored in (chosen.get("models") or {}).items():
+        if label.startswith("fine-tune."):
+            value = (scored.get("metrics") or {}).get(metric)
+            if isinstance(value, (int, float)):
+                out[label.split(".", 1)[1]] = value
+    return out
+
+
+def quality_files(ctx, staging: Path) -> dict[str, Path]:
+    """reports/quant_quality.{md,json} for the bundle, with the task score where one is defined."""
+    from ..quant_quality import render_markdown
+
+    report = dict(ctx.need(A.QUANT_REPORT))
+    report["task_scores"] = task_scores(ctx.artifacts.get(A.EVAL_REPORT))
+    md, js = staging / "quant_quality.md", staging / "quant_quality.json"
+    atomic_write_text(md, render_markdown(report, report["task_scores"]))
+    atomic_write_json(js, report)
+    return {"reports/quant_quality.md": md, "reports/quant_quality.json": js}

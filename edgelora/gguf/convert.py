@@ -143,10 +143,13 @@ def _to_output(arr, keep_f32: bool, outtype: str, name: str):
 
 def convert(model_dir, out_path, *, adapter_dir=None, outtype: str = "f16",
             architectures: dict | None = None, progress: Callable[[int, int, str], None] | None = None,
-            tokenizer_dir=None, name: str | None = None, base_model: dict | None = None) -> dict:
+            tokenizer_dir=None, name: str | None = None, base_model: dict | None = None,
+            base_filter=None) -> dict:
     """Write ``out_path`` (GGUF) from ``model_dir`` (+ optional PEFT ``adapter_dir``, merged on read).
 
-    ``architectures`` is the registry (default: the built-in llama entry); ``progress``
+    ``base_filter`` is the merge base (MergedView's; e.g. the NF4 round trip for QLoRA adapters).
+
+    ``architectures`` is the registry (default: every built-in entry); ``progress``
     is called as ``progress(done, total, gguf_tensor_name)``. Returns a JSON-able report.
     """
     import gguf
@@ -164,7 +167,7 @@ def convert(model_dir, out_path, *, adapter_dir=None, outtype: str = "f16",
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                  "bf16": gguf.LlamaFileType.MOSTLY_BF16}[outtype]
 
-    with MergedView(model_dir, adapter_dir) as view:
+    with MergedView(model_dir, adapter_dir, base_filter=base_filter) as view:
         arch = find_architecture(view.config, architectures)
         config = arch.text_config(view.config)
         planned, skipped = plan_tensors(view, arch, config)

@@ -155,6 +155,10 @@ def gemma2_write_hparams(config: dict, writer) -> None:
     check_activation(config, ("gelu_pytorch_tanh", "gelu"), "gemma2",
                      keys=("hidden_activation", "hidden_act"), default="gelu_pytorch_tanh")
     _check_attention_scale(config, "gemma2", big_layers=46)
+    if config.get("tie_word_embeddings", True) is False:
+        # e.g. an adapter that trained lm_head on its own: llama.cpp's gemma2 has no output tensor
+        raise UnsupportedArchitecture("config.json: gemma2 with an untied lm_head is not supported "
+                                      "(llama.cpp's gemma2 graph always projects through token_embd)")
     write_common_hparams(config, writer, always_head_dims=True)  # as llama.cpp's converter: explicit
     attn_cap, final_cap = config.get("attn_logit_softcapping"), config.get("final_logit_softcapping")
     if not attn_cap or not final_cap:

@@ -151,11 +151,17 @@ def _sentencepiece_space_prefix(gguf_path) -> bool:
     return kv.get("tokenizer.ggml.model") == "llama" and bool(kv.get("tokenizer.ggml.add_space_prefix", True))
 
 
-def _hf_model(model_dir, adapter_dir):
+def _hf_model(model_dir, adapter_dir, base_filter=None):
     import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, local_files_only=True)
+    if base_filter is not None:  # the merge base the GGUF was built on (e.g. NF4 round trip)
+        from ..merge import MergedView
+        from ..merge_check import _load_view
+
+        with MergedView(model_dir, base_filter=base_filter) as view:
+            _load_view(model, view)
     if adapter_dir is not None:
         # PEFT is an independent path from MergedView: it also checks the merge itself
         from peft import PeftModel
@@ -165,7 +171,7 @@ def _hf_model(model_dir, adapter_dir):
 
 
 def compare_logits(gguf_path, model_dir, adapter_dir=None, prompts=None, n_tokens: int = 64,
-                   tokenizer_dir=None, lora_path=None) -> dict:
+                   tokenizer_dir=None, lora_path=None, base_filter=None) -> dict:
     """Ladder step 4: per-position argmax agreement and max |delta logit|, HF fp32 vs llama.cpp.
 
     Each prompt is extended to ``n_tokens`` with HF's own greedy continuation, then both
@@ -175,7 +181,7 @@ def compare_logits(gguf_path, model_dir, adapter_dir=None, prompts=None, n_token
     import torch
 
     tok = _hf_tokenizer(tokenizer_dir or model_dir)
-    model = _hf_model(model_dir, adapter_dir)
+    model = _hf_model(model_dir, adapter_dir, base_filter)
     # lora_path: a LoRA GGUF sidecar applied on top of gguf_path (compared with the PEFT model)
     llm = load_llama(gguf_path, n_ctx=512, n_batch=512, logits_all=True,
                      **({"lora_path": str(lora_path)} if lora_path else {}))
@@ -214,8 +220,9 @@ def compare_logits(gguf_path, model_dir, adapter_dir=None, prompts=None, n_token
 
 
 def validate(gguf_path, model_dir, adapter_dir=None, min_top1: float = 0.98, *, tokenizer_dir=None,
-             prompts=None, n_tokens: int = 64) -> dict:
-    """Run ladder steps 2-4; raise FidelityError (with the numbers) on any failure."""
+             prompts=None, n_tokens: int = 64, base_filter=None) -> dict:
+    """Run ladder steps 2-4; raise FidelityError (with the numbers) on any failure.
+    ``base_filter``: the merge base the GGUF was converted from (the HF reference uses it too)."""
     tokenizer_dir = tokenizer_dir or model_dir
     report = {"read_back": read_back(gguf_path)}
     if report["read_back"]["problems"]:
@@ -226,7 +233,7 @@ def validate(gguf_path, model_dir, adapter_dir=None, min_top1: float = 0.98, *, 
         raise FidelityError(f"{gguf_path}: llama.cpp tokenizes {first['text']!r} ({first['kind']}) as "
                             f"{first['llama_cpp']} but HF gives {first['hf']}")
     report["logits"] = compare_logits(gguf_path, model_dir, adapter_dir, prompts=prompts, n_tokens=n_tokens,
-                                      tokenizer_dir=tokenizer_dir)
+                                      tokenizer_dir=tokenizer_dir, base_filter=base_filter)
     top1 = report["logits"]["top1_agreement"]
     if top1 < min_top1:
         raise FidelityError(f"{gguf_path}: top-1 agreement with HF {top1:.3f} < {min_top1} "

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -290,7 +291,8 @@ def install_into_store(bundle: Path, store: Store, *, name=None, allow_downgrade
         except OSError as e:
             if not committed:
                 store.clean_stale()
-            raise _os_error(e, f"installing {bundle.name}", store, sum(b.size for b in missing)) from e
+            need = sum(b.size for b in missing) or (bundle.stat().st_size if from_tar else 0)
+            raise _os_error(e, f"installing {bundle.name}", store, need) from e
         except BaseException:
             if not committed:
                 store.clean_stale()
@@ -424,14 +426,18 @@ def uninstall(model: str, store=None, *, lock_timeout: float = 60.0, log=print) 
                         raise InstallError(f"ollama rm {key} failed: {(proc.stderr or '').strip()[-200:]}")
                 else:
                     path = target.manifest_path(n, t)
-                    if path.is_file() and not path.is_symlink():
-                        digests = target.manifest_digests(target.read_manifest(path))
-                        if digests != set(records["models"][key].get("blobs") or []):
+                    recorded = {d for d in records["models"][key].get("blobs") or [] if isinstance(d, str)}
+                    if path.is_symlink():
+                        raise InstallError(f"{path}: symlink refused; not removing through it")
+                    if path.is_file():
+                        if target.manifest_digests(target.read_manifest(path)) != recorded:
                             raise InstallError(f"{path}: changed since edgelora installed {key}; not removing it")
                         path.unlink()
                         _fsync_dir(path.parent)
                         target.remove_empty_dirs(path.parent)
-                        for hex_digest in digests - target.referenced_blobs():
+                    # manifest gone (e.g. `ollama rm`) or just removed: drop the blobs nothing names
+                    for hex_digest in recorded - target.referenced_blobs():
+                        if re.fullmatch(r"[0-9a-f]{64}", hex_digest):
                             with contextlib.suppress(FileNotFoundError):
                                 target.blob_path(hex_digest).unlink()
                 del records["models"][key]

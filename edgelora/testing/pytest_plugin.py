@@ -39,19 +39,42 @@ def _locked(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _prune(keep: Path, spare: int = 2) -> None:
+    """Remove kit projects of other edgelora code versions, keeping the ``spare`` most recent
+    (switching branches back and forth stays cheap); a locked one is in use and stays."""
+    import fcntl
+    import shutil
+
+    others = sorted((p for p in keep.parent.glob("contract-*") if p != keep),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in others[spare:]:
+        try:
+            with open(old / "lock", "a") as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            continue
+
+
 @pytest.fixture(scope="session")
 def edgelora_kit_dir() -> Path:
     from .tiny import cache_key
 
-    return cache_root() / f"contract-{cache_key()}"
+    path = cache_root() / f"contract-{cache_key()}"
+    path.mkdir(parents=True, exist_ok=True)
+    os.utime(path)
+    _prune(path)
+    return path
 
 
 @pytest.fixture(scope="session")
-def edgelora_tiny_base(edgelora_kit_dir):
-    from .tiny import make_tiny_base
+def edgelora_tiny_base():
+    """Does not depend on edgelora's code, so it is cached apart from the kit project."""
+    from .tiny import BASE_VERSION, make_tiny_base
 
-    with _locked(edgelora_kit_dir / "lock"):
-        return make_tiny_base(edgelora_kit_dir)
+    folder = cache_root() / f"tiny-base-{BASE_VERSION}"
+    with _locked(folder / "lock"):
+        return make_tiny_base(folder)
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 EMBEDDED = "smollm2-135m-instruct"
+BASE_VERSION = 1  # bump when make_tiny_base makes different files
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 _COLOURS = ["red", "green", "blue", "yellow", "black", "white", "orange", "purple", "grey", "pink"]
@@ -73,12 +74,17 @@ def make_tiny_llama(dest: str | Path, tokenizer_dir: str | Path, *, seed: int = 
 
 def make_tiny_base(dest: str | Path) -> Path:
     """Tokenizer + random Llama in ``dest/base`` (reused when already complete)."""
+    from ..fsutil import atomic_dir
+
     dest = Path(dest)
     base = dest / "base"
     if (base / "model.safetensors").is_file() and (base / "tokenizer.json").is_file():
         return base
-    tok = make_tokenizer(dest / "tokenizer")
-    return make_tiny_llama(base, tok)
+    with atomic_dir(base) as staging:
+        tok = make_tokenizer(staging / "tokenizer-src")
+        make_tiny_llama(staging, tok)
+        shutil.rmtree(tok)
+    return base
 
 
 def conversations(n: int, *, offset: int = 0) -> list[dict]:

@@ -43,15 +43,15 @@ def test_merged_export_matches_adapter_attached_logits(merged):
                [{"role": "system", "content": "Answer with one colour word."},
                 {"role": "user", "content": "What colour is the plum number 41?"}]]
     exported = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32).eval()
-    base = AutoModelForCausalLM.from_pretrained(str(merged.base_dir), local_files_only=True,
-                                                dtype=torch.float32).eval()
+    def load_base():
+        return AutoModelForCausalLM.from_pretrained(str(merged.base_dir), local_files_only=True, dtype=torch.float32)
+
+    base = load_base().eval()
+    attached = PeftModel.from_pretrained(load_base(), str(merged.adapter_dir)).eval()
     for messages in prompts:
         ids = torch.tensor([tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                     return_dict=False)])
         plain = _logits(base, ids)
-        attached = PeftModel.from_pretrained(
-            AutoModelForCausalLM.from_pretrained(str(merged.base_dir), local_files_only=True, dtype=torch.float32),
-            str(merged.adapter_dir)).eval()
         want, got = _logits(attached, ids), _logits(exported, ids)
         assert (want - plain).abs().max() > 1e-3, "the adapter must change the model, or this test proves nothing"
         assert (got - want).abs().max() < 1e-4, f"max |Δlogit| {(got - want).abs().max():.2e}"
