@@ -21,20 +21,17 @@ import json
 import math
 import os
 import platform
-import re
 import shutil
 import signal
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConversionError, InstallError, VerifyError
+from ..errors import ConversionError, InstallError
 from ..fsutil import human_bytes, sha256_bytes
 from ..manifest import compare_versions
 from .modelfile_parse import MAX_MODELFILE, parse_modelfile
-from .store import (CONFIG_MEDIA, JOURNAL, LAYER_MEDIA, MANIFEST_MEDIA, Store, _fsync_dir, _os_error,
-                    default_store, parse_model_name)
+from .store import CONFIG_MEDIA, JOURNAL, LAYER_MEDIA, MANIFEST_MEDIA, Store, _fsync_dir, _os_error, parse_model_name
 
 MODELFILE = "Modelfile"
 
@@ -303,151 +300,3 @@ def install_into_store(bundle: Path, store: Store, *, name=None, allow_downgrade
     return {"model": f"{name_}:{tag}", "store": str(store.root), "manifest": str(manifest_path), "via": "store",
             "version": manifest["version"], "new_blobs": len(missing), "reused_blobs": len(blobs) - len(missing),
             "removed_blobs": len(garbage), "verify": {k: v for k, v in report.items() if k != "manifest"}}
-
-
-# ---- through ollama create ----------------------------------------------------------------------
-
-
-def state_store() -> Store:
-    """Where edgelora keeps its lock and records when Ollama owns the store."""
-    base = os.environ.get("EDGELORA_STATE_DIR") or os.path.join(
-        os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "edgelora")
-    return Store(base, layout=False)
-
-
-def install_with_ollama(bundle: Path, ollama: str, *, name=None, allow_downgrade=False, trust=None,
-                        run_probes=True, lock_timeout=60.0, log=print) -> dict:
-    state = state_store()
-    with state.lock(timeout=lock_timeout, log=log):
-        staging = state.new_staging()
-        try:
-            report = _verify(bundle, trust=trust, run_probes=run_probes, extract_to=staging / "extract", log=log)
-            root = Path(report["root"])
-            manifest = report["manifest"]
-            name_, tag = _model_name(name, manifest)
-            records = state.load_records()
-            check_rollback(records, manifest, report["manifest_sha256"], allow_downgrade=allow_downgrade)
-            plan_blobs(root, manifest)  # the same Modelfile checks as the store path
-            cmd = [ollama, "create", f"{name_}:{tag}", "-f", str(root / MODELFILE)]
-            log(f"running {' '.join(cmd)}")
-            try:
-                proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=3600)
-            except (OSError, subprocess.TimeoutExpired) as e:
-                raise InstallError(f"ollama create {name_}:{tag}: could not run: {e}") from e
-            if proc.returncode != 0:
-                lines = [ln for ln in (proc.stderr or proc.stdout or "").splitlines() if ln.strip()]
-                raise InstallError(f"ollama create {name_}:{tag} failed (exit {proc.returncode}): "
-                                   f"{lines[-1] if lines else 'no output'}; nothing registered")
-            records["models"][f"{name_}:{tag}"] = _record(manifest, report, name_, tag, "ollama create", [])
-            try:
-                state.write_records(records, staging)
-            except OSError as e:
-                subprocess.run([ollama, "rm", f"{name_}:{tag}"], capture_output=True, timeout=600)
-                raise _os_error(e, "writing the install record; the model was removed again", state) from e
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    log(f"installed {name_}:{tag} with ollama create")
-    return {"model": f"{name_}:{tag}", "via": "ollama create", "version": manifest["version"],
-            "verify": {k: v for k, v in report.items() if k != "manifest"}}
-
-
-# ---- the API the CLI calls -----------------------------------------------------------------------
-
-
-def _choose(store) -> tuple[str, Store, str | None]:
-    if store is not None:
-        return "store", Store(store), None
-    if os.environ.get("OLLAMA_MODELS"):
-        return "store", Store(default_store()), None
-    ollama = shutil.which("ollama")
-    if ollama:
-        return "ollama", state_store(), ollama
-    return "store", Store(default_store()), None
-
-
-def install_bundle(bundle, *, name: str | None = None, store=None, allow_downgrade: bool = False, trust=None,
-                   run_probes: bool = True, lock_timeout: float = 60.0, log=print) -> dict:
-    bundle = Path(bundle)
-    if bundle.is_symlink():
-        raise InstallError(f"{bundle}: symlink refused; pass the real folder or .tar")
-    if not bundle.exists():
-        raise InstallError(f"{bundle}: no such bundle folder or .tar file")
-    if trust is not None and not isinstance(trust, list):
-        from ..signing import load_trust
-
-        trust = load_trust(trust)
-    if name is not None:
-        parse_model_name(name)
-    how, target, ollama = _choose(store)
-    try:
-        if how == "ollama":
-            return install_with_ollama(bundle, ollama, name=name, allow_downgrade=allow_downgrade, trust=trust,
-                                       run_probes=run_probes, lock_timeout=lock_timeout, log=log)
-        return install_into_store(bundle, target, name=name, allow_downgrade=allow_downgrade, trust=trust,
-                                  run_probes=run_probes, lock_timeout=lock_timeout, log=log)
-    except VerifyError as e:
-        raise InstallError(f"{bundle}: {e}; nothing installed") from e
-
-
-def list_installed(store=None) -> list[dict]:
-    how, target, _ = _choose(store)
-    if not target.records_path.is_file():
-        return []
-    rows = []
-    for key, rec in sorted(target.load_records()["models"].items()):
-        row = {"model": key, **{k: rec.get(k) for k in ("bundle", "version", "installed_at", "via", "signed_by")}}
-        if how == "store":
-            name, tag = parse_model_name(key)
-            path = target.manifest_path(name, tag)
-            row["present"] = path.is_file()
-        rows.append(row)
-    return rows
-
-
-def uninstall(model: str, store=None, *, lock_timeout: float = 60.0, log=print) -> list[str]:
-    """Remove models edgelora installed (``NAME`` = every tag of it); blobs another manifest
-    still names are kept."""
-    how, target, ollama = _choose(store)
-    name, _, tag = model.partition(":")
-    parse_model_name(model)
-    with target.lock(timeout=lock_timeout, log=log):
-        records = target.load_records()
-        keys = [k for k in records["models"] if k.split(":", 1)[0] == name and (not tag or k.split(":", 1)[1] == tag)]
-        if not keys:
-            raise InstallError(f"{model}: not installed by edgelora in {target.root} (see `edgelora list`)")
-        staging = target.new_staging()
-        removed = []
-        try:
-            for key in keys:
-                n, t = key.split(":", 1)
-                if how == "ollama":
-                    proc = subprocess.run([ollama, "rm", key], capture_output=True, text=True, timeout=600)
-                    if proc.returncode != 0 and "not found" not in (proc.stderr or "").lower():
-                        raise InstallError(f"ollama rm {key} failed: {(proc.stderr or '').strip()[-200:]}")
-                else:
-                    path = target.manifest_path(n, t)
-                    recorded = {d for d in records["models"][key].get("blobs") or [] if isinstance(d, str)}
-                    if path.is_symlink():
-                        raise InstallError(f"{path}: symlink refused; not removing through it")
-                    if path.is_file():
-                        if target.manifest_digests(target.read_manifest(path)) != recorded:
-                            raise InstallError(f"{path}: changed since edgelora installed {key}; not removing it")
-                        path.unlink()
-                        _fsync_dir(path.parent)
-                        target.remove_empty_dirs(path.parent)
-                    # manifest gone (e.g. `ollama rm`) or just removed: drop the blobs nothing names
-                    for hex_digest in recorded - target.referenced_blobs():
-                        if re.fullmatch(r"[0-9a-f]{64}", hex_digest):
-                            with contextlib.suppress(FileNotFoundError):
-                                target.blob_path(hex_digest).unlink()
-                del records["models"][key]
-                removed.append(key)
-                target.write_records(records, staging)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    for key in removed:
-        log(f"uninstalled {key}")
-    return removed
-
-
-__all__ = ["install_bundle", "list_installed", "uninstall", "check_rollback", "plan_blobs"]

@@ -95,7 +95,10 @@ def test_cli_verify_tar_and_tamper(built, tmp_path):
 
 def test_second_build_with_new_quant_type_skips_training_and_conversion(built):
     proj, base, _, _ = built
-    text = (proj / "edgelora.toml").read_text().replace('quantize = ["Q8_0"]', 'quantize = ["Q8_0", "Q4_0"]')
+    # gate = "report": a random tiny model's Q4_0 fails the default quality gate (its own test
+    # is tests/test_quant_quality.py); here it must ship to prove the stage cache.
+    text = (proj / "edgelora.toml").read_text().replace('quantize = ["Q8_0"]',
+                                                         'quantize = ["Q8_0", "Q4_0"]\ngate = "report"')
     (proj / "edgelora.toml").write_text(text)
     logs: list[str] = []
     result = api.build(proj, log=logs.append)
@@ -105,6 +108,7 @@ def test_second_build_with_new_quant_type_skips_training_and_conversion(built):
     assert "quantize: running" in joined
     manifest = json.loads((Path(result["bundle"]["dir"]) / "manifest.json").read_text())
     assert "tiny.Q4_0.gguf" in {f["path"] for f in manifest["files"]}
+    assert {"reports/quant_quality.md", "reports/quant_quality.json"} <= {f["path"] for f in manifest["files"]}
 
 
 def test_lock_mismatch_is_a_hard_error_with_both_hashes(built):
