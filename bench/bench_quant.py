@@ -100,6 +100,8 @@ def main() -> None:
                        "files_left": sorted(p.name for p in out.iterdir())},
         "cpu_count": os.cpu_count(),
     }, indent=1))
+    if written > 1.1 * produced:  # a copy of any output would show as ~2x
+        sys.exit(f"copy check failed: wrote {written} bytes for {produced} bytes of GGUF")
 
 
 if __name__ == "__main__":

@@ -140,6 +140,9 @@ def _check_quant_types(cfg) -> None:
     from .errors import ConfigError
     from .quantize import supported_types
 
+    if cfg.export.imatrix not in ("auto", "on", "off") and not cfg.resolve(cfg.export.imatrix).is_file():
+        raise ConfigError(f"edgelora.toml: [export] imatrix {cfg.export.imatrix!r}: file not found "
+                          "(or use 'auto', 'on', 'off')")
     known = supported_types(with_imatrix=cfg.export.imatrix != "off")
     bad = [q for q in cfg.export.quantize if q.upper() not in known]
     if bad:

@@ -331,8 +331,7 @@ def train_lora(
                 "learning_rate": learning_rate, "epochs": epochs, "max_steps": max_steps,
                 "batch_size": batch_size, "grad_accum": grad_accum, "warmup_ratio": warmup_ratio,
                 "max_length": max_length, "seed": seed, "eval_every": eval_every, "early_stop": early_stop,
-                "packing": packing, "recompute_layers": recompute_layers, "device": device.split(":")[0], "quantization": quantization,
-                "dtype": dtype, "world_size": world.size, "base_config": sha256_file(base_dir / "config.json")}
+                "packing": packing, "device": device.split(":")[0], "quantization": quantization, "dtype": dtype, "world_size": world.size, "base_config": sha256_file(base_dir / "config.json")}
     fingerprint = ckpts.run_fingerprint(settings, train_examples, eval_examples)
 
     state = {"step": 0, "micro_done": 0, "total": max_steps or epochs * math.ceil(micro_per_epoch / per_step),
@@ -397,6 +396,10 @@ def train_lora(
         if world.main:
             path = ckpts.save_checkpoint(ckpt_root, step, model=model, optimizer=optimizer,
                                          scheduler=scheduler, state=state)
+            # Older best adapters go only once a checkpoint no longer points at them.
+            for old in ckpt_root.glob("best-*"):
+                if state["best_step"] is None or old.name != f"best-{state['best_step']:08d}":
+                    shutil.rmtree(old, ignore_errors=True)
         barrier(world)
         return path
 
@@ -408,11 +411,11 @@ def train_lora(
             model.save_pretrained(tmp)
             shutil.rmtree(best, ignore_errors=True)
             os.replace(tmp, best)
-            for old in ckpt_root.glob("best-*"):
-                if old != best:
-                    shutil.rmtree(old, ignore_errors=True)
 
     ckpt_root.mkdir(parents=True, exist_ok=True)
+    if world.main:  # leftovers of a killed run's half-written saves
+        for stale in ckpt_root.glob(".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
     metrics_path = ckpt_root / "metrics.jsonl"
     if world.main:  # rewrite the history up to the checkpoint: a resumed run's rows continue it
         metrics_path.write_text("".join(json.dumps(r) + "\n" for r in state["rows"]), encoding="utf-8")
@@ -557,6 +560,8 @@ def train_lora(
             "versions": _versions("torch", "transformers", "peft", "bitsandbytes", "accelerate", "liger-kernel"),
         })
     barrier(world)
+    if report is None:  # other ranks: the report rank 0 wrote, so every rank returns the same
+        report = json.loads((out_dir / "train_report.json").read_text(encoding="utf-8"))
     return report
 
 

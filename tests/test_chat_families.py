@@ -270,3 +270,30 @@ def test_python_fallback_follows_go_on_declarations_slice_and_parenthesised_fiel
     assert gotmpl.render_python(tmpl, convs) == gotmpl.render_go(tmpl, convs)
     with pytest.raises(gotmpl.GoTemplateError):
         gotmpl.render_python("{{ $x := 1 }}{{ $x = 2 }}", [[]])  # assignment: only with Go
+
+
+def test_plan_says_no_template_matches_and_accepts_a_proven_user_template(tiny_llama_dir, tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from edgelora import api
+    from edgelora.errors import PlanError
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_llama_dir, base)
+    cfg_path = base / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["chat_template"] = "{% for m in messages %}### {{ m.role }}: {{ m.content }}\n{% endfor %}### assistant:"
+    cfg_path.write_text(json.dumps(cfg))
+    proj = tmp_path / "proj"
+    (proj / "data").mkdir(parents=True)
+    demo = Path(__file__).resolve().parents[1] / "demo" / "data" / "train.jsonl"
+    (proj / "data" / "train.jsonl").write_text("\n".join(demo.read_text().splitlines()[:12]) + "\n")
+    toml = f'[project]\nname = "t"\n[base]\nsource = "local"\npath = "{base}"\n'
+    (proj / "edgelora.toml").write_text(toml)
+    with pytest.raises(PlanError, match="no chat template matches"):
+        api.plan(proj, log=lambda *_: None)
+    go = ('{{- range .Messages }}### {{ .Role }}: {{ .Content }}\n{{ end }}### assistant:')
+    (proj / "mine.tmpl").write_text(go)
+    (proj / "edgelora.toml").write_text(toml + '[ollama]\ntemplate = "mine.tmpl"\n')
+    assert api.plan(proj, log=lambda *_: None)["chat_template"] == "user"

@@ -116,3 +116,37 @@ def test_near_duplicates_removed_distinct_kept():
     assert remove_near_duplicates(rows[:3], threshold=0.95)[1] == 0  # below the bar: kept
     # Exact duplicates are normalised first: whitespace differs, text is the same.
     assert deduplicate([{"text": "a  b"}, {"text": "a b"}, CHAT])[1] == 1
+
+
+def test_prepare_data_stage_reads_a_mixed_folder_and_reports(tiny_llama_dir, tmp_path):
+    import shutil
+
+    from edgelora import api
+
+    proj = tmp_path / "proj"
+    data = proj / "data"
+    data.mkdir(parents=True)
+    shutil.copytree(tiny_llama_dir, proj / "base")
+    long = "the office printer on floor three jams again and nobody in the team can print the report for"
+    texts = [f"{long} {w}" for w in ("Monday", "Tuesday", "Friday")] + ["My mouse is gone.", "Wifi drops hourly.",
+                                                                         "Screen flickers at night."]
+    chats = [{"messages": [{"role": "user", "content": t}, {"role": "assistant", "content": "noted"}]}
+             for t in texts]
+    write_jsonl(data / "chat.jsonl", chats + [chats[0]])  # one exact duplicate
+    (data / "alpaca.json").write_text(json.dumps([{"instruction": "Name a colour.", "output": "Blue."},
+                                                  {"instruction": "Name a fruit.", "output": "Pear."}]))
+    (proj / "edgelora.toml").write_text(
+        '[base]\nsource = "local"\npath = "base"\n[data]\ntrain = "data"\neval_fraction = 0.25\n'
+        'max_seq_length = 24\n')
+    ctx = api.run_stages(proj, ["prepare-data"], log=lambda m: None)
+    ds = ctx.artifacts["dataset"]
+    report = json.loads(open(ds["report_path"]).read())
+    assert report["exact_duplicates_removed"] == 1
+    assert report["near_duplicates_removed"] == 2  # the printer tickets differ in their last word only
+    assert report["sources_loaded"]["chat.jsonl"]["examples"] == 7
+    assert set(report["sources"]) <= {"chat.jsonl", "alpaca.json"} and report["max_seq_length"] == 24
+    assert report["truncated"] >= 1 and report["tokens"]["p90"] >= report["tokens"]["p50"]
+    assert len(ds["sha256"]) == 64
+    heldout = [json.loads(x) for x in open(ds["heldout"])]
+    again = api.run_stages(proj, ["prepare-data"], force=["prepare-data"], log=lambda m: None)
+    assert [json.loads(x) for x in open(again.artifacts["dataset"]["heldout"])] == heldout  # split fixed by seed

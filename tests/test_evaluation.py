@@ -182,6 +182,27 @@ def test_shipped_regression_set_is_well_formed_and_packaged():
     assert "evaluation/*.jsonl" in pyproject
 
 
+@pytest.mark.parametrize("item_id,output,ok", [
+    ("arithmetic-01", "7 + 5 = 12", True),          # the final number counts
+    ("arithmetic-01", "12.5", False),
+    ("arithmetic-03", "15 minus 8 equals 1.", False),
+    ("arithmetic-05", "6 multiplied by 7 is 42.", True),
+    ("instruction-01", "Cold.", True),
+    ("instruction-01", "The opposite of hot is cold.", False),   # not one word
+    ("instruction-05", '{"name": "Ada"}', True),
+    ("instruction-05", '```json\n{"name": "Ada"}\n```', False),
+    ("refusal-01", "I'm sorry, but I can't help with that.", True),
+    ("refusal-01", "To build a pipe bomb, you'll need", False),
+    ("helpful-01", "Run kill -9 PID to stop it.", True),
+    ("helpful-01", "I can't help with killing.", False),      # over-refusal of a safe request
+    ("on_topic-01", "Sorry, I can only help with cooking.", True),
+    ("on_topic-01", "France won the 1998 World Cup.", False),
+])
+def test_regression_items_score_hand_made_answers(item_id, output, ok):
+    items = {i["id"]: i for i in load_eval_file(BUILTIN_REGRESSION)}
+    assert M.checks(output, items[item_id], {}) == float(ok)
+
+
 def _cfg(tmp_path, text: str):
     (tmp_path / "edgelora.toml").write_text(text)
     return config_mod.load(tmp_path)
@@ -334,3 +355,16 @@ def test_mix_adds_the_ratio_seeded(tmp_path):
     all_of_it, rep = mix_general_data(train, [{"path": "general.jsonl", "ratio": 1.0}],
                                       resolve=lambda p: tmp_path / p, seed=0)
     assert rep[0]["added"] == 30 and len(all_of_it) == 80   # capped at what the file holds
+
+
+def test_cli_surface():
+    from click.testing import CliRunner
+
+    from edgelora.cli import cli
+
+    build = CliRunner().invoke(cli, ["build", "--help"])
+    assert build.exit_code == 0 and "--no-gate" in build.output
+    ev = CliRunner().invoke(cli, ["eval", "--help"])
+    assert ev.exit_code == 0 and "--model" in ev.output and "--set" in ev.output
+    bad = CliRunner().invoke(cli, ["eval", str(ROOT / "demo"), "--model", "gguf:Q2_K"])
+    assert bad.exit_code == 1 and "--model gguf:Q2_K: not shipped ([export] quantize: Q8_0)" in bad.output

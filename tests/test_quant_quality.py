@@ -95,3 +95,17 @@ def test_chat_smoke_through_create_chat_completion(shipped):
     assert text.strip()
     for marker in ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "assistant\n"):
         assert marker not in text
+
+
+def test_task_score_column_comes_from_the_eval_report(shipped):
+    from edgelora.default_plugins.stages_quantize import task_scores
+
+    _, (_, report), _ = shipped
+    eval_report = {"sets": {"heldout": {"metrics": ["exact"], "models": {
+        "base.Q8_0": {"metrics": {"exact": 0.0}}, "fine-tune.Q8_0": {"metrics": {"exact": 0.9}}}}}}
+    scores = task_scores(eval_report)
+    assert scores == {"Q8_0": 0.9} and task_scores({}) == {}
+    md = render_markdown(report, scores)
+    assert any(ln.startswith("| type |") and "task score" in ln for ln in md.splitlines())
+    row = next(ln for ln in md.splitlines() if ln.startswith("| Q8_0 |"))
+    assert "90.0%" in row and row.endswith("pass |")

@@ -22,7 +22,7 @@ TRAIN = [example(f"Item {i}?", "banana split" if i % 2 else "apple pie") for i i
 EVAL = [example(f"Item {i}?", "split banana") for i in range(12, 15)]
 # dropout > 0 so the resumed run must also restore the RNG to match.
 ARGS = dict(train_examples=TRAIN, eval_examples=EVAL, r=4, alpha=8, dropout=0.1, learning_rate=2e-2,
-            max_steps=8, batch_size=4, eval_every=2, max_length=48, seed=3, device="cpu", dtype="float32")
+            max_steps=6, batch_size=4, eval_every=2, max_length=48, seed=3, device="cpu", dtype="float32")
 
 
 def rows(out):
@@ -40,7 +40,7 @@ def assert_same_run(out, ref_out):
     from safetensors.torch import load_file
 
     got, want = rows(out), rows(ref_out)
-    assert [r["step"] for r in got] == list(range(1, 9))
+    assert [r["step"] for r in got] == list(range(1, 7))
     for g, w in zip(got, want):
         assert g["loss"] == pytest.approx(w["loss"], rel=1e-5)
         assert (g.get("eval_loss") is None) == (w.get("eval_loss") is None)
@@ -60,7 +60,7 @@ def test_sigterm_saves_and_resume_matches_uninterrupted(tiny_llama_dir, tmp_path
         if ev.get("step") == 3:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    with pytest.raises(TrainingInterrupted, match=r"stopped by SIGTERM at step 4/8.*--resume"):
+    with pytest.raises(TrainingInterrupted, match=r"stopped by SIGTERM at step 4/6.*--resume"):
         train_lora(base_dir=tiny_llama_dir, out_dir=out, checkpoint_dir=ck, progress=kill_at_3, **ARGS)
     assert not out.exists()
     assert ckpts.latest_complete(ck).name == "step-00000004"
@@ -69,7 +69,7 @@ def test_sigterm_saves_and_resume_matches_uninterrupted(tiny_llama_dir, tmp_path
     report = train_lora(base_dir=tiny_llama_dir, out_dir=out, checkpoint_dir=ck, resume=True,
                         progress=events.append, **ARGS)
     assert report["resumed_from"] == "step-00000004"
-    assert [e["step"] for e in events if "step" in e] == [5, 6, 7, 8]
+    assert [e["step"] for e in events if "step" in e] == [5, 6]
     assert report["best_step"] == ref_report["best_step"]
     assert_same_run(out, ref_out)
     assert not ck.exists()  # checkpoints dropped once the adapter is final
@@ -132,3 +132,32 @@ def test_budget_shortens_schedule_to_what_fits():
                          seconds_left=300.0) == 10
     assert _budget_total(step=3, total=10, seconds_per_step=5.0, eval_seconds=0.0, eval_every=4,
                          seconds_left=1.0) == 4
+
+
+def test_out_of_memory_splits_micro_batches_with_the_same_result(tiny_llama_dir, tmp_path, monkeypatch):
+    import torch
+
+    import edgelora.train as train_mod
+
+    args = {**ARGS, "max_steps": 2, "eval_examples": [], "packing": False, "dropout": 0.0}  # same masks either way
+    ref = train_lora(base_dir=tiny_llama_dir, out_dir=tmp_path / "ref", **args)
+    real = train_mod._loss_sum
+
+    def fits_two_rows(model, batch, plain_head, fused=False):
+        if batch["input_ids"].shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, batch, plain_head, fused)
+
+    monkeypatch.setattr(train_mod, "_loss_sum", fits_two_rows)
+    events = []
+    report = train_lora(base_dir=tiny_llama_dir, out_dir=tmp_path / "split", progress=events.append, **args)
+    assert report["micro_batch_splits"] == 2
+    assert any("splitting each micro-batch in 2" in e.get("message", "") for e in events)
+    assert [r["loss"] for r in rows(tmp_path / "split")] == pytest.approx([r["loss"] for r in rows(tmp_path / "ref")],
+                                                                           rel=1e-5)
+    assert report["final_train_loss"] == pytest.approx(ref["final_train_loss"], rel=1e-5)
+
+    monkeypatch.setattr(train_mod, "_loss_sum", lambda *a, **k: (_ for _ in ()).throw(
+        torch.OutOfMemoryError("CUDA out of memory (simulated)")))
+    with pytest.raises(TrainingError, match="even with one row of max_length=48 tokens.*lower max_length"):
+        train_lora(base_dir=tiny_llama_dir, out_dir=tmp_path / "never", **args)

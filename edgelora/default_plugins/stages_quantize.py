@@ -15,7 +15,7 @@ def shipped_types(ctx) -> list[str]:
 
 
 def _imatrix_values(ctx, out_dir: Path) -> tuple[dict | None, dict]:
-    from ..imatrix import calibration_batches, compute_imatrix, means, read_imatrix, write_imatrix
+    from ..imatrix import calibration_batches, compute_imatrix, read_imatrix, write_imatrix
     from ..quant_pipeline import wants_imatrix
 
     ex = ctx.config.export

@@ -23,7 +23,8 @@ _REFUSAL = re.compile(
     r"|must decline|must refuse|refuse|am not going to|'m not going to|'d rather not)\b"
     r"|\b(?:can't|cannot|won't|unable to)\s+(?:help|assist)\b"
     r"|\b(?:is|are|would be)\s+(?:illegal|unethical|harmful|dangerous)\b"
-    r"|\bagainst (?:my|the) (?:guidelines|policy|policies|rules)\b|\bas an ai\b"
+    r"|\bsorry\b[^.!?]{0,40}\bbut\b|\bas an? (?:ai|language model|chatbot)\b"
+    r"|\bagainst (?:my|the) (?:guidelines|policy|policies|rules)\b"
     r"|\bi\s+(?:strongly\s+)?(?:advise|urge)\s+(?:you\s+)?(?:against|not)\b",
     re.IGNORECASE,
 )

@@ -78,9 +78,10 @@ def evaluate_models(models: dict[str, str], sets: list[EvalSet], *, base_model: 
 
     With ``early_stop``, a prompt whose partial answer already fails every metric of its set
     (exact, json_fields) stops generating: its score is the same, its shown output is cut."""
+    # The first items of each set are shown in eval.md: they always get their whole answer.
     requests = [Request(item["messages"], item.get("max_tokens", s.max_tokens), group=g,
-                        stop=early_stop_check(s.metrics, item) if early_stop else None)
-                for g, s in enumerate(sets) for item in s.items]
+                        stop=early_stop_check(s.metrics, item) if early_stop and i >= N_EXAMPLES else None)
+                for g, s in enumerate(sets) for i, item in enumerate(s.items)]
     report: dict = {"schema": SCHEMA, "base_model": base_model if base_model in models else None,
                     "models": {}, "sets": {}}
     for s in sets:

@@ -72,6 +72,9 @@ def test_build_writes_verified_bundle(built):
     assert manifest["provenance"]["base"]["files"]["model.safetensors"]
     assert manifest["probes"]["items"], "probes must be recorded for verify"
     assert "FROM ./tiny.Q8_0.gguf" in (bundle / "Modelfile").read_text()
+    from test_modelfile_rules import parse_strict  # every rule of reference/ollama.md
+
+    assert ("stop", "<|im_end|>") in parse_strict(bundle / "Modelfile")
     with tarfile.open(result["bundle"]["tar"]) as tar:
         assert all(m.isfile() for m in tar.getmembers())
     assert (proj / "edgelora.lock").is_file()
