@@ -164,7 +164,9 @@ def timed(cmd: list[str], env: dict | None = None) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[:4])}... failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
-    return {"wall_s": round(wall, 2), "peak_rss_gb": round(rss_kb * 1024 / 1e9, 3)}
+    # CPU seconds: on a shared, oversubscribed host they are steadier than wall time
+    cpu = sum(float(re.search(rf"{k} time \(seconds\): ([\d.]+)", proc.stderr).group(1)) for k in ("User", "System"))
+    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "peak_rss_gb": round(rss_kb * 1024 / 1e9, 3)}
 
 
 def run_peer(base: Path, adapter: Path, work: Path, peer_dir: Path) -> tuple[dict, Path]:
@@ -180,6 +182,7 @@ def run_peer(base: Path, adapter: Path, work: Path, peer_dir: Path) -> tuple[dic
                  env={"PYTHONPATH": str(peer_dir), "NO_LOCAL_GGUF": "1"})
     shutil.rmtree(merged)
     return {"merge": merge, "convert": conv, "wall_s": round(merge["wall_s"] + conv["wall_s"], 2),
+            "cpu_s": round(merge["cpu_s"] + conv["cpu_s"], 2),
             "peak_rss_gb": max(merge["peak_rss_gb"], conv["peak_rss_gb"])}, out
 
 
@@ -276,6 +279,7 @@ def main(argv=None) -> int:
         row = {"base_gb": round(base_bytes / 1e9, 3), "gguf_gb": round(ours_gguf.stat().st_size / 1e9, 3),
                "ours": ours_runs, "peer": peer_runs,
                "wall_ratio": round(med(ours_runs, "wall_s") / med(peer_runs, "wall_s"), 3),
+               "cpu_ratio": round(med(ours_runs, "cpu_s") / med(peer_runs, "cpu_s"), 3),
                "ours_bytes_per_s": round(ours_gguf.stat().st_size / med(ours_runs, "wall_s") / 1e6, 1),
                "compare": compare_ggufs(ours_gguf, peer_gguf, lora_delta_absmax(base, adapter))}
         results[shape] = row

@@ -122,7 +122,7 @@ def _check_model_dir(ctx, base_dir: Path, summary: dict, problems: list[str]) ->
 
 
 def _check_data(ctx, summary: dict) -> None:
-    from .data import load_chat_examples
+    from .data_formats import load_examples
     from .errors import DataError
 
     d = ctx.config.data
@@ -133,7 +133,7 @@ def _check_data(ctx, summary: dict) -> None:
         path = ctx.config.resolve(rel)
         if not path.exists():
             raise DataError(f"{path}: [data] {field_name} not found")
-        summary[f"{field_name}_examples"] = len(load_chat_examples(path))
+        summary[f"{field_name}_examples"] = len(load_examples(path))
 
 
 def _check_quant_types(cfg) -> None:

@@ -368,3 +368,6 @@ def test_cli_surface():
     assert ev.exit_code == 0 and "--model" in ev.output and "--set" in ev.output
     bad = CliRunner().invoke(cli, ["eval", str(ROOT / "demo"), "--model", "gguf:Q2_K"])
     assert bad.exit_code == 1 and "--model gguf:Q2_K: not shipped ([export] quantize: Q8_0)" in bad.output
+    assert "fetch-base" not in bad.output, "a wrong --model must fail before any stage runs"
+    bad_set = CliRunner().invoke(cli, ["eval", str(ROOT / "demo"), "--set", "nope"])
+    assert bad_set.exit_code == 1 and "no eval set named 'nope' (configured: heldout, probes, regression)" in bad_set.output

@@ -263,6 +263,14 @@ def build_sets(cfg, dataset: dict | None, only: list[str] | None = None) -> list
     return sets
 
 
+def set_names(cfg) -> list[str]:
+    """Names of the sets the config declares, in report order (the data sets may turn out empty)."""
+    ev = cfg.eval
+    names = (["heldout"] if ev.heldout else []) + (["probes"] if cfg.data.probes else [])
+    names += [s["name"] for s in ev.sets if isinstance(s, dict) and "name" in s]
+    return names + ([REGRESSION_NAME] if ev.regression else [])
+
+
 def regression_path(cfg) -> Path | None:
     spec = cfg.eval.regression
     if not spec:

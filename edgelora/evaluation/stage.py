@@ -10,7 +10,7 @@ from ..fsutil import atomic_write_json, atomic_write_text
 from .gates import check_gates, enforce, gate_summary
 from .report import compact, render_markdown
 from .runner import evaluate_models
-from .sets import build_sets, eval_files, load_eval_file
+from .sets import build_sets, eval_files, load_eval_file, set_names
 
 
 def eval_sets_stage(ctx) -> dict:
@@ -97,11 +97,8 @@ def manifest_summary(report: dict | None) -> dict | None:
 # --------------------------------------------------------------------------- edgelora eval
 
 
-def resolve_models(ctx_for, project_dir, specs: list[str], log) -> tuple[dict[str, str], str | None]:
-    """{label: gguf path} for ``--model`` specs: base, adapter, gguf:QUANT or a .gguf path."""
-    from ..api import run_stages
-
-    specs = list(specs) or ["base", "gguf:*"]
+def model_stages(cfg, specs: list[str]) -> set[str]:
+    """The stages that make the models ``--model`` names; checks the specs before anything runs."""
     stages = set()
     for spec in specs:
         if spec == "base":
@@ -109,12 +106,22 @@ def resolve_models(ctx_for, project_dir, specs: list[str], log) -> tuple[dict[st
         elif spec == "adapter":
             stages.add("convert")
         elif spec.startswith("gguf:"):
-            shipped = ctx_for.config.export.quantize
+            shipped = cfg.export.quantize
             if spec[5:] != "*" and spec[5:] not in shipped:
                 raise ConfigError(f"--model {spec}: not shipped ([export] quantize: {', '.join(shipped)})")
             stages.add("quantize")
         elif not spec.endswith(".gguf"):
             raise ConfigError(f"--model {spec!r}: expected base, adapter, gguf:QUANT or a path to a .gguf file")
+        elif not Path(spec).is_file():
+            raise ConfigError(f"--model {spec}: file not found")
+    return stages
+
+
+def resolve_models(ctx_for, project_dir, specs: list[str], log) -> tuple[dict[str, str], str | None]:
+    """{label: gguf path} for ``--model`` specs: base, adapter, gguf:QUANT or a .gguf path."""
+    from ..api import run_stages
+
+    stages = model_stages(ctx_for.config, specs)
     ctx = run_stages(project_dir, sorted(stages), log=log) if stages else ctx_for
     cfg = ctx.config
     models: dict[str, str] = {}
@@ -134,10 +141,7 @@ def resolve_models(ctx_for, project_dir, specs: list[str], log) -> tuple[dict[st
             else:
                 models[f"fine-tune.{q}"] = quantized[q]
         else:
-            path = Path(spec)
-            if not path.is_file():
-                raise ConfigError(f"--model {spec}: file not found")
-            models[path.name] = str(path.resolve())
+            models[Path(spec).name] = str(Path(spec).resolve())
     return models, base_label
 
 
@@ -148,6 +152,12 @@ def evaluate_project(project_dir, *, models: list[str] = (), sets: list[str] | N
 
     ctx, _ = _context(project_dir, log=log)
     cfg = ctx.config
+    specs = list(models) or ["base", "gguf:*"]
+    model_stages(cfg, specs)  # a wrong --model or --set fails before any stage runs
+    unknown = sorted(set(sets or ()) - set(set_names(cfg)))
+    if unknown:
+        raise ConfigError(f"edgelora.toml: [eval] no eval set named {unknown[0]!r} "
+                          f"(configured: {', '.join(set_names(cfg)) or 'none'})")
     want_data = not sets or any(s in ("heldout", "probes") for s in sets)
     dataset = None
     if want_data and (cfg.eval.heldout or cfg.data.probes):
@@ -155,7 +165,7 @@ def evaluate_project(project_dir, *, models: list[str] = (), sets: list[str] | N
     chosen = build_sets(cfg, dataset, only=list(sets) if sets else None)
     if not chosen:
         raise ConfigError("edgelora.toml: [eval] no eval sets to run (held-out off, no probes, no regression set)")
-    model_paths, base_label = resolve_models(ctx, project_dir, list(models), log)
+    model_paths, base_label = resolve_models(ctx, project_dir, specs, log)
     report = evaluate_models(model_paths, chosen, base_model=base_label, log=log)
     report["gates"] = check_gates(report, [g for g in cfg.eval.gates if g.get("set") in report["sets"]])
     out = Path(out_dir) if out_dir else ctx.stage_dir("eval-cli")
