@@ -214,3 +214,19 @@ def test_real_smollm2_converts_faithfully(smollm2_dir, tmp_path):
     assert report["pre"] == "smollm" and report["n_tensors"] == 272
     result = validate(out, model, min_top1=0.98, prompts=PROMPTS + ("Once upon a time",), n_tokens=48)
     assert result["logits"]["top1_agreement"] >= 0.98
+
+
+@pytest.mark.parametrize("value, ok", [(65504.0, True), (-65519.0, True), (65520.0, False),
+                                       (-1e6, False), (float("nan"), False), (float("inf"), False)])
+def test_f16_output_refuses_weights_that_do_not_fit(value, ok):
+    import numpy as np
+
+    from edgelora.errors import ConversionError
+    from edgelora.gguf.convert import _to_output
+
+    arr = np.array([[0.5, value]], dtype=np.float32)
+    if ok:
+        assert _to_output(arr, False, "f16", "w").dtype == np.float16
+    else:
+        with pytest.raises(ConversionError, match="overflows float16"):
+            _to_output(arr, False, "f16", "w")
