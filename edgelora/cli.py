@@ -108,7 +108,7 @@ def build(directory, force, no_gate):
     console = _console()
     api.plan(directory, log=console.print)
     result = api.build(directory, force=force, log=console.print, console=console, gate=not no_gate)
-    _print_scores(result.get("eval") or {})
+    _print_scores((result.get("eval") or {}) | {"gates": (result.get("gates") or {}).get("results")})
     _print_quant_quality(result)
     b = result["bundle"]
     click.echo(f"bundle: {b['dir']}\narchive: {b['tar']}\nverify: {'ok' if result['verify_ok'] else 'FAILED'}")
