@@ -182,6 +182,18 @@ def _save_plain(model, out: Path) -> None:
     plain.save_pretrained(out)
     if getattr(plain, "generation_config", None) is not None:
         plain.generation_config.save_pretrained(out)
+    for name in ("config.json", "generation_config.json"):
+        _drop_library_version(out / name)
+
+
+def _drop_library_version(path: Path) -> None:
+    """transformers stamps its own version into the JSON it saves; edgelora.lock pins these
+    files, so the stamp would turn every transformers upgrade into a lock mismatch."""
+    if not path.is_file():
+        return
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data.pop("transformers_version", None) is not None:
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _short_float32(x):

@@ -45,7 +45,7 @@ def smollm2_dir(smollm2_gguf) -> Path:
     from edgelora.fsutil import sha256_file
     from edgelora.sources import import_gguf
 
-    dest = CACHE / f"smollm2-{sha256_file(smollm2_gguf)[:12]}"
+    dest = CACHE / f"smollm2-{sha256_file(smollm2_gguf)[:12]}-i2"  # -i2: import without version stamps
     if not (dest / "config.json").is_file():
         import_gguf(smollm2_gguf, dest)
     return dest

@@ -200,6 +200,12 @@ def test_gguf_import_gives_a_complete_base(smollm2_dir):
     assert tok.eos_token == "<|im_end|>"
 
 
+def test_gguf_import_is_independent_of_the_transformers_version(smollm2_dir):
+    # edgelora.lock pins these files: a library version stamp would break every lock on upgrade
+    for name in ("config.json", "generation_config.json"):
+        assert "transformers_version" not in json.loads((smollm2_dir / name).read_text()), name
+
+
 def test_gguf_import_tokenizes_like_llama_cpp(smollm2_dir, smollm2_gguf):
     from tokenizers import Tokenizer, pre_tokenizers
 
