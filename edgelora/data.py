@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .errors import DataError
+from .fsutil import jsonl_records
 
 ROLES = ("system", "user", "assistant")
 IGNORE_INDEX = -100
@@ -96,28 +97,15 @@ def load_chat_examples(path: str | os.PathLike) -> list[dict]:
     examples: list[dict] = []
     for file in _dataset_files(path):
         found = 0
-        with open(file, "rb") as f:
-            for lineno, raw in enumerate(f, start=1):
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    problems.append(f"{file}:{lineno}: not UTF-8 ({e.reason} at byte {e.start})")
-                    continue
-                if not text.strip():
-                    continue
-                try:
-                    record = json.loads(text)
-                except json.JSONDecodeError as e:
-                    problems.append(f"{file}:{lineno}: invalid JSON ({e.msg} at column {e.colno})")
-                    continue
-                problem = _example_problem(record)
-                if problem:
-                    problems.append(f"{file}:{lineno}: {problem}")
-                    continue
-                found += 1
-                examples.append(
-                    {"messages": [{"role": m["role"], "content": m["content"]} for m in record["messages"]]}
-                )
+        for lineno, record in jsonl_records(file, problems):
+            problem = _example_problem(record)
+            if problem:
+                problems.append(f"{file}:{lineno}: {problem}")
+                continue
+            found += 1
+            examples.append(
+                {"messages": [{"role": m["role"], "content": m["content"]} for m in record["messages"]]}
+            )
         if found == 0 and not any(p.startswith(f"{file}:") for p in problems):
             problems.append(f"{file}: holds no examples")
     if problems:

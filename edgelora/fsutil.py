@@ -148,3 +148,35 @@ def reject_duplicate_keys(pairs):
             raise ValueError(f"duplicate key {k!r}")
         obj[k] = v
     return obj
+
+
+def jsonl_records(path: str | os.PathLike, problems: list[str]) -> Iterator[tuple[int, object]]:
+    """``(line number, decoded JSON)`` for every non-blank line of a JSONL file.
+
+    A line that is not UTF-8 or not JSON is skipped and described in ``problems`` as
+    ``file:line: reason``, so a caller can report every bad line at once."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                problems.append(f"{path}:{lineno}: not UTF-8 ({e.reason} at byte {e.start})")
+                continue
+            if not text.strip():
+                continue
+            try:
+                yield lineno, json.loads(text)
+            except json.JSONDecodeError as e:
+                problems.append(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})")
+
+
+def write_new_file(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
+    """Create ``path`` (never an existing file or link), write all of ``data``, fsync."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
+from ..fsutil import jsonl_records
 from .metrics import METRICS
 
 REGRESSION_NAME = "regression"
@@ -125,24 +126,11 @@ def load_eval_file(path) -> list[dict]:
     if not path.is_file():
         raise DataError(f"{path}: eval file not found")
     problems, items = [], []
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                problems.append(f"{path}:{lineno}: not UTF-8 ({e.reason} at byte {e.start})")
-                continue
-            if not text.strip():
-                continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as e:
-                problems.append(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})")
-                continue
-            try:
-                items.append(parse_item(record) | {"line": lineno})
-            except ValueError as e:
-                problems.append(f"{path}:{lineno}: {e}")
+    for lineno, record in jsonl_records(path, problems):
+        try:
+            items.append(parse_item(record) | {"line": lineno})
+        except ValueError as e:
+            problems.append(f"{path}:{lineno}: {e}")
     if not items and not problems:
         problems.append(f"{path}: holds no eval items")
     if problems:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConversionError, InstallError
-from ..fsutil import human_bytes, sha256_bytes
+from ..fsutil import human_bytes, sha256_bytes, write_new_file
 from ..manifest import compare_versions
 from .modelfile_parse import MAX_MODELFILE, parse_modelfile
 from .store import CONFIG_MEDIA, JOURNAL, LAYER_MEDIA, MANIFEST_MEDIA, Store, _fsync_dir, _os_error, parse_model_name
@@ -214,14 +214,7 @@ def _stage_blob(blob: Blob, staging: Path, *, from_tar: bool) -> Path:
 
 def _stage_file(staging: Path, name: str, data: bytes) -> Path:
     tmp = staging / name
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_new_file(tmp, data)
     return tmp
 
 

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from ..errors import InstallError
-from ..fsutil import human_bytes, reject_duplicate_keys
+from ..fsutil import human_bytes, reject_duplicate_keys, write_new_file
 
 REGISTRY = ("registry.ollama.ai", "library")
 MANIFEST_MEDIA = "application/vnd.docker.distribution.manifest.v2+json"
@@ -325,14 +325,7 @@ class Store:
         """Write into staging, fsync, rename over ``final`` (never through a link), fsync dir."""
         self._real_dirs(final.parent)
         tmp = staging / f"{final.name}.{secrets.token_hex(4)}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_new_file(tmp, data)
         os.replace(tmp, final)
         _fsync_dir(final.parent)
 
