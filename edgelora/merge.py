@@ -255,8 +255,10 @@ class MergedView:
     def lora_pair(self, name: str) -> LoraPair | None:
         return self._lora.get(name)
 
-    def base_tensor(self, name: str):
-        """The tensor under the LoRA delta, as float32 (the base's, or the adapter's saved copy)."""
+    def base_tensor(self, name: str, scratch=None):
+        """The tensor under the LoRA delta, as float32 (the base's, or the adapter's saved copy).
+
+        ``scratch``: a flat float32 buffer the result may be a view of (see ``get``)."""
         import torch
 
         name = self._aliases.get(name, name)
@@ -264,7 +266,7 @@ class MergedView:
             # a private copy: get() adds the delta in place, and safetensors may share storage
             t = self._adapter.get_tensor(self._base_override[name]).to(torch.float32, copy=True)
         else:
-            t = self._files[name].read_f32(name)
+            t = self._files[name].read_f32(name, scratch)
         return t if self.base_filter is None else self.base_filter(name, t)
 
     def lora_factors(self, name: str):
@@ -275,13 +277,16 @@ class MergedView:
         return (self._adapter.get_tensor(pair.a_key).to(torch.float32),
                 self._adapter.get_tensor(pair.b_key).to(torch.float32))
 
-    def get(self, name: str):
-        """The tensor as float32: replaced, or with the LoRA delta added when targeted."""
+    def get(self, name: str, scratch=None):
+        """The tensor as float32: replaced, or with the LoRA delta added when targeted.
+
+        With ``scratch`` (a flat float32 tensor) the result may be a view of it, valid until
+        the caller reuses the buffer: for streaming conversion, one buffer for every tensor."""
         import torch
 
         if name in self._replaced:
             return self._adapter.get_tensor(self._replaced[name]).to(torch.float32)
-        t = self.base_tensor(name)
+        t = self.base_tensor(name, scratch)
         pair = self._lora.get(name)
         if pair is not None:
             a, b = self.lora_factors(name)

@@ -40,15 +40,25 @@ class SafetensorsFile:
     def dtype(self, name: str) -> str:
         return self._entries[name]["dtype"]
 
-    def read_f32(self, name: str):
-        """The tensor as a new float32 torch tensor, converted chunk by chunk while reading."""
+    def read_f32(self, name: str, scratch=None):
+        """The tensor as float32, converted chunk by chunk while reading.
+
+        A new tensor, or a view of the flat float32 ``scratch`` when it is large enough (a
+        caller converting tensor after tensor reuses one buffer instead of paying the kernel's
+        page faults for a fresh one each time)."""
+        import math
+
         import torch
 
         entry = self._entries[name]
         src_dtype, itemsize = _DTYPES[entry["dtype"]]
         src_dtype = getattr(torch, src_dtype)
         begin, end = entry["data_offsets"]
-        out = torch.empty(entry["shape"], dtype=torch.float32)
+        numel = math.prod(entry["shape"])
+        if scratch is not None and scratch.dtype == torch.float32 and scratch.numel() >= numel:
+            out = scratch[:numel].view(entry["shape"])
+        else:
+            out = torch.empty(entry["shape"], dtype=torch.float32)
         flat = out.view(-1)
         n = flat.numel()
         if n * itemsize != end - begin:

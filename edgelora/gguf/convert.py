@@ -9,9 +9,11 @@ one tensor. Before anything is written, ladder step 1 checks the plan.
 from __future__ import annotations
 
 import dataclasses
-import re
 import math
+import queue
+import re
 import time
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -123,8 +125,10 @@ def _lineage(writer, config: dict, adapter_config: dict | None, name: str, base_
                 getattr(writer, f"add_base_model_{key}")(0, str(base[key]))
 
 
-def _to_output(arr, keep_f32: bool, outtype: str, name: str):
-    """The array exactly as its bytes go to the file (BF16 as raw int16 bit patterns)."""
+def _to_output(arr, keep_f32: bool, outtype: str, name: str, out=None):
+    """The array exactly as its bytes go to the file (BF16 as raw int16 bit patterns).
+
+    ``out``: a flat 16-bit torch buffer of the output dtype to cast into instead of a new array."""
     import numpy as np
     import torch
 
@@ -133,8 +137,14 @@ def _to_output(arr, keep_f32: bool, outtype: str, name: str):
     # torch casts on every core and vectorised (numpy's astype(float16) is one slow thread);
     # both round to nearest even
     t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    if out is not None:
+        narrow = out[: t.numel()].view(t.shape)
+        narrow.copy_(t)
+        if outtype == "bf16":
+            return narrow.view(torch.int16).numpy()
     if outtype == "f16":
-        half = t.to(torch.float16)  # |x| >= 65520 rounds to inf, NaN stays NaN (and fails both tests)
+        # |x| >= 65520 rounds to inf, NaN stays NaN (and fails both tests)
+        half = narrow if out is not None else t.to(torch.float16)
         lo, hi = torch.aminmax(half)  # vectorised on half; isfinite on half is ~10x slower
         if not (lo.item() > -math.inf and hi.item() < math.inf):
             raise ConversionError(f"{name}: a weight overflows float16; convert with outtype bf16 or f32")
@@ -156,6 +166,7 @@ def convert(model_dir, out_path, *, adapter_dir=None, outtype: str = "f16",
     """
     import gguf
     import numpy as np
+    import torch
 
     from ..merge import MergedView
     from .tokenizer import build_tokenizer_export, write_tokenizer
@@ -204,18 +215,33 @@ def convert(model_dir, out_path, *, adapter_dir=None, outtype: str = "f16",
                 writer.write_ti_data_to_file()
                 total_bytes = 0
                 tensor_out = BackgroundTensorWriter(writer)  # writes overlap the next tensor's compute
+                # One float32 buffer for every layer tensor (_to_output copies out of it before the
+                # next read), and three 16-bit output buffers handed back by the writer thread once
+                # written (one being filled, one queued, one being written): no fresh allocations,
+                # so no page faults per tensor. The vocabulary tensors, the largest, allocate their own.
+                buf_numel = 0 if outtype == "f32" else max(
+                    (math.prod(p.shape) for p in planned if not p.keep_f32 and p.gguf_name not in VOCAB_TENSORS),
+                    default=0)
+                scratch = torch.empty(buf_numel, dtype=torch.float32) if buf_numel else None
+                free: queue.Queue = queue.Queue()
+                for _ in range(3 if buf_numel else 0):
+                    free.put(torch.empty(buf_numel, dtype=torch.float16 if outtype == "f16" else torch.bfloat16))
                 for i, p in enumerate(planned):
+                    # a float32 output is queued as is, so it must not live in the buffer
+                    f32_out = p.keep_f32 or outtype == "f32"
                     if p.hf_name is None:
                         arr = extras[p.gguf_name]
                     else:
-                        arr = view.get(p.hf_name).numpy()
+                        arr = view.get(p.hf_name, None if f32_out else scratch).numpy()
                         if p.gguf_name in VOCAB_TENSORS:
                             arr = arr[: p.shape[0]]
                         arr = arch.transform(p.gguf_name, arr, config)
-                    data = _to_output(arr, p.keep_f32, outtype, p.hf_name or p.gguf_name)
+                    pooled = not f32_out and p.hf_name is not None and 0 < math.prod(p.shape) <= buf_numel
+                    buf = free.get() if pooled else None
+                    data = _to_output(arr, p.keep_f32, outtype, p.hf_name or p.gguf_name, buf)
                     if tuple(data.shape) != p.shape:
                         raise ConversionError(f"{p.hf_name}: transform changed shape {p.shape} -> {data.shape}")
-                    tensor_out.write(data)
+                    tensor_out.write(data, None if buf is None else partial(free.put, buf))
                     total_bytes += data.nbytes
                     if progress is not None:
                         progress(i + 1, len(planned), p.gguf_name)

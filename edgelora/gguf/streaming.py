@@ -30,16 +30,21 @@ class BackgroundTensorWriter:
             item = self._queue.get()
             if item is _DONE:
                 return
+            arr, on_written = item
             if self._error is None:
                 try:
-                    self._writer.write_tensor_data(item)
+                    self._writer.write_tensor_data(arr)
                 except BaseException as e:  # surfaced by write()/finish() in the caller
                     self._error = e
+            if on_written is not None:
+                on_written()
 
-    def write(self, arr) -> None:
+    def write(self, arr, on_written=None) -> None:
+        """Queue ``arr``; ``on_written()`` runs on the writer thread once its bytes are out
+        (or skipped after an error): the caller may then reuse ``arr``'s memory."""
         if self._error is not None:
             raise self._error
-        self._queue.put(arr)
+        self._queue.put((arr, on_written))
 
     def finish(self) -> None:
         self.stop()
