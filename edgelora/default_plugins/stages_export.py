@@ -35,7 +35,7 @@ def convert(ctx) -> dict:
     report = {"convert": report, "validation": check}
     atomic_write_json(ctx.stage_dir("convert") / "convert_report.json", report)
     ctx.log(f"  {out.name}: top-1 agreement vs HF {_get(check, 'top1_agreement')}, "
-            f"max |Δlogit| {_get(check, 'max_abs_diff')}")
+            f"max |Δlogit| {_get(check, 'max_abs_delta')}")
     return {A.GGUF: str(out.resolve()), A.CONVERT_REPORT: report}
 
 
