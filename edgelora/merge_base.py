@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import ConfigError, FidelityError
+from .errors import ConfigError
 
 MERGE_BASES = ("auto", "bf16", "nf4")
 
@@ -62,22 +62,16 @@ def measure_merge_bases(base_dir, adapter_dir, prompts, *, reference: str = "nf4
                         max_prompt_tokens: int = 256) -> dict:
     """Logit distance of the bf16-merged and the NF4-merged model to the reference model
     (``reference`` = "nf4": adapter on the NF4 round-tripped base; "bf16": on the original)."""
-    import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .merge import MergedView
-    from .merge_check import _load_view, encode_prompts
+    from .merge_check import _load_view, probe_batches_and_base
     from .nf4 import Nf4Base
 
     nf4 = nf4 or Nf4Base()
     base_dir, adapter_dir = Path(base_dir), Path(adapter_dir)
-    tok = AutoTokenizer.from_pretrained(str(base_dir), local_files_only=True)
-    batches = [ids[-max_prompt_tokens:] for ids in encode_prompts(tok, prompts) if ids]
-    if not batches:
-        raise FidelityError(f"{adapter_dir}: comparing merge bases needs at least one non-empty probe prompt")
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32, local_files_only=True)
-    model.eval()
+    batches, model = probe_batches_and_base(base_dir, adapter_dir, prompts, max_prompt_tokens,
+                                            "comparing merge bases")
     if reference == "nf4":
         with MergedView(base_dir, base_filter=nf4) as view:
             _load_view(model, view)

@@ -76,6 +76,20 @@ def encode_prompts(tokenizer, prompts) -> list[list[int]]:
     return out
 
 
+def probe_batches_and_base(base_dir: Path, adapter_dir: Path, prompts, max_prompt_tokens: int, purpose: str):
+    """(token id lists of the probe prompts, the float32 HF base model in eval mode)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(base_dir), local_files_only=True)
+    batches = [ids[-max_prompt_tokens:] for ids in encode_prompts(tok, prompts) if ids]
+    if not batches:
+        raise FidelityError(f"{adapter_dir}: {purpose} needs at least one non-empty probe prompt")
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32, local_files_only=True)
+    model.eval()
+    return batches, model
+
+
 def alpha_check(base_dir, adapter_dir, prompts, *, tolerance: float = 1e-2, min_top1: float = 1.0,
                 max_prompt_tokens: int = 256, view=None, base_filter=None) -> dict:
     """Adapter-attached (PEFT) vs merged (the view's tensors) logits on probe prompts.
@@ -88,17 +102,11 @@ def alpha_check(base_dir, adapter_dir, prompts, *, tolerance: float = 1e-2, min_
     """
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .merge import MergedView
 
     base_dir, adapter_dir = Path(base_dir), Path(adapter_dir)
-    tok = AutoTokenizer.from_pretrained(str(base_dir), local_files_only=True)
-    batches = [ids[-max_prompt_tokens:] for ids in encode_prompts(tok, prompts) if ids]
-    if not batches:
-        raise FidelityError(f"{adapter_dir}: alpha check needs at least one non-empty probe prompt")
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32, local_files_only=True)
-    model.eval()
+    batches, model = probe_batches_and_base(base_dir, adapter_dir, prompts, max_prompt_tokens, "alpha check")
     if base_filter is not None:  # e.g. the NF4 merge base: PEFT attaches to the same base
         with MergedView(base_dir, base_filter=base_filter) as base_view:
             _load_view(model, base_view)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
+
+from edgelora.testing.tiny import make_tiny_llama  # noqa: F401  (tests import it from here)
 
 # Nothing in the test suite may touch the network.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -14,8 +15,6 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 CACHE = Path(os.environ.get("EDGELORA_TEST_CACHE", Path.home() / ".cache" / "edgelora-tests"))
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "generation_config.json", "chat_template.jinja")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -48,31 +47,6 @@ def smollm2_dir(smollm2_gguf) -> Path:
     dest = CACHE / f"smollm2-{sha256_file(smollm2_gguf)[:12]}-i2"  # -i2: import without version stamps
     if not (dest / "config.json").is_file():
         import_gguf(smollm2_gguf, dest)
-    return dest
-
-
-def make_tiny_llama(dest: Path, tokenizer_dir: Path, *, seed: int = 0, tie: bool = True,
-                    layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
-                    **overrides) -> Path:
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
-                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                      max_position_embeddings=512, rms_norm_eps=1e-5, rope_theta=100000.0,
-                      tie_word_embeddings=tie, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id, **overrides)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg)
-    with torch.no_grad():  # larger weights than init so logits are not all alike
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.08)
-    model.save_pretrained(dest, safe_serialization=True)
-    for name in TOKENIZER_FILES:
-        if (tokenizer_dir / name).is_file():
-            shutil.copy(tokenizer_dir / name, dest / name)
     return dest
 
 

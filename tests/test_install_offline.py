@@ -14,21 +14,12 @@ import pytest
 
 from edgelora.bundle import write_bundle
 from edgelora.signing import generate_keypair
+from edgelora.testing.offline import no_network_prefix
 
 from bundle_fixtures import MODELFILE, assert_store_consistent
 
 PROMPTS = [[{"role": "user", "content": "Say hi."}], [{"role": "system", "content": "Reply in French."},
                                                      {"role": "user", "content": "Good morning"}]]
-
-
-def _no_network_prefix() -> list[str] | None:
-    for prefix in (["unshare", "-rn"], ["unshare", "-n"]):
-        try:
-            if subprocess.run(prefix + ["true"], capture_output=True).returncode == 0:
-                return prefix
-        except FileNotFoundError:
-            return None
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +40,7 @@ def signed_smol(tmp_path_factory, smollm2_gguf):
 
 
 def test_verify_and_install_with_networking_off(signed_smol):
-    prefix = _no_network_prefix()
+    prefix = no_network_prefix()
     if prefix is None:
         pytest.skip("unshare -n is not available here")
     out, keys, tmp = signed_smol

@@ -11,20 +11,12 @@ from __future__ import annotations
 import math
 
 from ..errors import UnsupportedArchitecture
-from .architectures import (Architecture, NameMap, check_activation, head_dim, layer_tensor_names,
+from .architectures import (_LLAMA_PARTS, Architecture, NameMap, check_activation, head_dim, layer_tensor_names,
                             rope_settings, top_tensor_names, write_common_hparams,
                             write_rope_scaling)
 
-_ATTN_MLP = {
-    "input_layernorm": "attn_norm",
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-}
+# llama's attention and MLP names; the families differ in their norms
+_ATTN_MLP = {k: v for k, v in _LLAMA_PARTS.items() if k != "post_attention_layernorm"}
 
 
 def _unchanged(gguf_name: str, arr, config: dict):

@@ -218,6 +218,34 @@ def _stage_file(staging: Path, name: str, data: bytes) -> Path:
     return tmp
 
 
+@dataclass
+class CheckedBundle:
+    """A verified bundle, the model name it installs as, and what the store will hold for it."""
+    report: dict
+    root: Path
+    manifest: dict
+    name: str
+    tag: str
+    records: dict
+    layers: list
+    config: object
+
+
+def verify_and_plan(bundle: Path, records_store, staging: Path, *, name, trust, run_probes, allow_downgrade,
+                    log) -> CheckedBundle:
+    """Verify ``bundle`` (extracting a .tar under ``staging``), check rollback against the
+    install records in ``records_store``, and plan the Ollama blobs from its Modelfile: every
+    check either install path must pass before it changes anything."""
+    report = _verify(bundle, trust=trust, run_probes=run_probes, extract_to=staging / "extract", log=log)
+    root = Path(report["root"])
+    manifest = report["manifest"]
+    name_, tag = _model_name(name, manifest)
+    records = records_store.load_records()
+    check_rollback(records, manifest, report["manifest_sha256"], allow_downgrade=allow_downgrade)
+    layers, config = plan_blobs(root, manifest)
+    return CheckedBundle(report, root, manifest, name_, tag, records, layers, config)
+
+
 def install_into_store(bundle: Path, store: Store, *, name=None, allow_downgrade=False, trust=None,
                        run_probes=True, lock_timeout=60.0, log=print) -> dict:
     from_tar = bundle.is_file()
@@ -229,13 +257,10 @@ def install_into_store(bundle: Path, store: Store, *, name=None, allow_downgrade
         committed = False
         missing: list[Blob] = []
         try:
-            report = _verify(bundle, trust=trust, run_probes=run_probes, extract_to=staging / "extract", log=log)
-            root = Path(report["root"])
-            manifest = report["manifest"]
-            name_, tag = _model_name(name, manifest)
-            records = store.load_records()
-            check_rollback(records, manifest, report["manifest_sha256"], allow_downgrade=allow_downgrade)
-            layers, config = plan_blobs(root, manifest)
+            checked = verify_and_plan(bundle, store, staging, name=name, trust=trust, run_probes=run_probes,
+                                      allow_downgrade=allow_downgrade, log=log)
+            report, manifest, records = checked.report, checked.manifest, checked.records
+            name_, tag, layers, config = checked.name, checked.tag, checked.layers, checked.config
             blobs = layers + [config]
             missing = [b for b in blobs if not store.blob_ok(b.hex, b.size)]
             block = store.block_size()

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 from ..errors import InstallError
-from .installer import MODELFILE, _model_name, _record, _verify, check_rollback, plan_blobs
+from .installer import MODELFILE, _record, verify_and_plan
 from .store import Store, _os_error
 
 
@@ -27,13 +27,11 @@ def install_with_ollama(bundle: Path, ollama: str, *, name=None, allow_downgrade
     with state.lock(timeout=lock_timeout, log=log):
         staging = state.new_staging()
         try:
-            report = _verify(bundle, trust=trust, run_probes=run_probes, extract_to=staging / "extract", log=log)
-            root = Path(report["root"])
-            manifest = report["manifest"]
-            name_, tag = _model_name(name, manifest)
-            records = state.load_records()
-            check_rollback(records, manifest, report["manifest_sha256"], allow_downgrade=allow_downgrade)
-            plan_blobs(root, manifest)  # the same Modelfile checks as the store path
+            # the same checks as the store path, Modelfile included
+            checked = verify_and_plan(bundle, state, staging, name=name, trust=trust, run_probes=run_probes,
+                                      allow_downgrade=allow_downgrade, log=log)
+            report, root, manifest, records = checked.report, checked.root, checked.manifest, checked.records
+            name_, tag = checked.name, checked.tag
             cmd = [ollama, "create", f"{name_}:{tag}", "-f", str(root / MODELFILE)]
             log(f"running {' '.join(cmd)}")
             try:

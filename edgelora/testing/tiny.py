@@ -19,7 +19,8 @@ from typing import Any
 
 EMBEDDED = "smollm2-135m-instruct"
 BASE_VERSION = 1  # bump when make_tiny_base makes different files
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "generation_config.json", "chat_template.jinja")
 
 _COLOURS = ["red", "green", "blue", "yellow", "black", "white", "orange", "purple", "grey", "pink"]
 _THINGS = ["apple", "grass", "sky", "sun", "night", "snow", "carrot", "plum", "stone", "flamingo"]
@@ -48,17 +49,21 @@ def make_tokenizer(dest: str | Path) -> Path:
 
 
 def make_tiny_llama(dest: str | Path, tokenizer_dir: str | Path, *, seed: int = 0, layers: int = 2,
-                    hidden: int = 64) -> Path:
-    """A random Llama on ``tokenizer_dir``'s tokenizer, saved as float32 safetensors."""
+                    hidden: int = 64, heads: int = 4, kv_heads: int = 2, tie: bool = True,
+                    **overrides) -> Path:
+    """A random Llama on ``tokenizer_dir``'s tokenizer, saved as float32 safetensors.
+
+    ``overrides`` go to ``LlamaConfig`` (e.g. ``attention_bias=True``, ``head_dim=32``)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     dest, tokenizer_dir = Path(dest), Path(tokenizer_dir)
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
-                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
                       max_position_embeddings=512, rms_norm_eps=1e-5, rope_theta=100000.0,
-                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+                      tie_word_embeddings=tie, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      **overrides)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
     with torch.no_grad():  # wider than the default init, so logits differ between tokens

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from edgelora import api
 from edgelora.cli import cli
 from edgelora.errors import LockMismatch
+from edgelora.testing.offline import no_network_prefix
 
 DEMO = Path(__file__).resolve().parents[2] / "demo" / "data"
 
@@ -158,24 +159,12 @@ def test_init_then_plan(tmp_path):
     assert again.exit_code == 1 and "already exists" in again.output
 
 
-def _no_network_prefix() -> list[str] | None:
-    import subprocess
-
-    for prefix in (["unshare", "-rn"], ["unshare", "-n"]):
-        try:
-            if subprocess.run(prefix + ["true"], capture_output=True).returncode == 0:
-                return prefix
-        except FileNotFoundError:
-            return None
-    return None
-
-
 def test_build_and_verify_work_with_networking_off(built):
     """A rebuild (every stage re-checked, cached ones skipped) and verify run in a network namespace."""
     import subprocess
     import sys
 
-    prefix = _no_network_prefix()
+    prefix = no_network_prefix()
     if prefix is None:
         pytest.skip("unshare -n is not available here")
     proj, _, result, _ = built
