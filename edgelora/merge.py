@@ -277,6 +277,26 @@ class MergedView:
         return (self._adapter.get_tensor(pair.a_key).to(torch.float32),
                 self._adapter.get_tensor(pair.b_key).to(torch.float32))
 
+    def plain_source(self, name: str):
+        """``(SafetensorsFile, stored name, LoraPair or None)`` when ``get(name)`` is exactly the
+        stored base tensor plus at most a plain ``s · B @ A`` (no base filter, no replaced or
+        adapter-held base, no transposed/embedding delta): a caller may then compute it in row
+        chunks itself (see :mod:`edgelora.gguf.fused_merge`). Else None."""
+        if self.base_filter is not None or name in self._replaced:
+            return None
+        base = self._aliases.get(name, name)
+        if base in self._base_override or base not in self._files:
+            return None
+        pair = self._lora.get(name)
+        if pair is not None and pair.kind != "linear":
+            return None
+        return self._files[base], base, pair
+
+    def stored_nbytes(self, name: str) -> int:
+        """Bytes of the base tensor as stored (0 when it does not come from the base files)."""
+        base = self._aliases.get(name, name)
+        return self._files[base].nbytes(base) if base in self._files else 0
+
     def get(self, name: str, scratch=None):
         """The tensor as float32: replaced, or with the LoRA delta added when targeted.
 

@@ -10,6 +10,7 @@ plus one chunk, and the page cache (not the process) holds the file.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -76,6 +77,25 @@ class SafetensorsFile:
             flat[done:done + count].copy_(buf[:count])
             done += count
         return out
+
+    def read_raw(self, name: str, buf):
+        """The tensor in its stored dtype, read into (a view of) the flat uint8 torch ``buf``
+        (large enough: ``nbytes(name)``), shaped."""
+        import torch
+
+        entry = self._entries[name]
+        src_dtype, itemsize = _DTYPES[entry["dtype"]]
+        begin, end = entry["data_offsets"]
+        n = end - begin
+        if n != math.prod(entry["shape"]) * itemsize:
+            raise OSError(f"{self.path}: tensor {name} size mismatch")
+        raw = buf[:n]
+        self._read_into(raw.numpy(), begin, name)
+        return raw.view(getattr(torch, src_dtype)).view(entry["shape"])
+
+    def nbytes(self, name: str) -> int:
+        begin, end = self._entries[name]["data_offsets"]
+        return end - begin
 
     def _read_into(self, dest, offset: int, name: str) -> None:
         view = memoryview(dest).cast("B")

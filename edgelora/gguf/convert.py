@@ -21,7 +21,8 @@ from typing import Callable
 from ..errors import ConversionError
 from ..fsutil import atomic_path
 from .architectures import Architecture, find_architecture
-from .streaming import BackgroundTensorWriter
+from .fused_merge import CHUNK_ELEMENTS
+from .streaming import BackgroundTensorWriter, write_tensor_bytes
 
 OUTTYPES = ("f32", "f16", "bf16")
 
@@ -153,6 +154,40 @@ def _to_output(arr, keep_f32: bool, outtype: str, name: str, out=None):
     return t.to(torch.bfloat16).view(torch.int16).numpy()
 
 
+def _fused_output(view, arch, p: PlannedTensor, config: dict, outtype: str, out, raw_buf, work):
+    """``p``'s 16-bit output computed in cache-sized row chunks (edgelora.gguf.fused_merge), or
+    None where only the general path is exact (filtered/replaced bases, 1-D tensors, transforms
+    that change values). ``out``/``raw_buf``: pooled buffers, or None for a fresh allocation."""
+    import torch
+
+    from .fused_merge import NotRowOrder, merged_rows, row_order
+
+    source = view.plain_source(p.hf_name)
+    if source is None or len(p.shape) != 2 or work is None:
+        return None
+    try:
+        order = row_order(arch, p.gguf_name, p.shape[0], config)
+    except NotRowOrder:
+        return None
+    file, stored_name, pair = source
+    if raw_buf is None:
+        raw_buf = torch.empty(file.nbytes(stored_name), dtype=torch.uint8)
+    stored = file.read_raw(stored_name, raw_buf)
+    if stored.dim() != 2 or stored.shape[1] != p.shape[1] or stored.shape[0] < p.shape[0]:
+        return None
+    if out is None:
+        out = torch.empty(math.prod(p.shape), dtype=torch.float16 if outtype == "f16" else torch.bfloat16)
+    lora = None
+    if pair is not None:
+        a, b = view.lora_factors(p.hf_name)
+        lora = (a, b, pair.scale)
+    try:
+        result = merged_rows(stored, lora, p.shape[0], order, out, work)
+    except OverflowError:
+        raise ConversionError(f"{p.hf_name}: a weight overflows float16; convert with outtype bf16 or f32") from None
+    return result.numpy() if outtype == "f16" else result.view(torch.int16).numpy()
+
+
 def convert(model_dir, out_path, *, adapter_dir=None, outtype: str = "f16",
             architectures: dict | None = None, progress: Callable[[int, int, str], None] | None = None,
             tokenizer_dir=None, name: str | None = None, base_model: dict | None = None,
@@ -214,7 +249,7 @@ def convert(model_dir, out_path, *, adapter_dir=None, outtype: str = "f16",
                 writer.write_kv_data_to_file()
                 writer.write_ti_data_to_file()
                 total_bytes = 0
-                tensor_out = BackgroundTensorWriter(writer)  # writes overlap the next tensor's compute
+                tensor_out = BackgroundTensorWriter(partial(write_tensor_bytes, writer))  # writes overlap the next tensor's compute
                 # One float32 buffer for every layer tensor (_to_output copies out of it before the
                 # next read), and three 16-bit output buffers handed back by the writer thread once
                 # written (one being filled, one queued, one being written): no fresh allocations,
@@ -226,19 +261,26 @@ def convert(model_dir, out_path, *, adapter_dir=None, outtype: str = "f16",
                 free: queue.Queue = queue.Queue()
                 for _ in range(3 if buf_numel else 0):
                     free.put(torch.empty(buf_numel, dtype=torch.float16 if outtype == "f16" else torch.bfloat16))
+                work = None if outtype == "f32" else torch.empty(CHUNK_ELEMENTS, dtype=torch.float32)
+                raw_buf = torch.empty(max((view.stored_nbytes(p.hf_name) for p in planned
+                                           if p.hf_name and 0 < math.prod(p.shape) <= buf_numel), default=0),
+                                      dtype=torch.uint8)
                 for i, p in enumerate(planned):
                     # a float32 output is queued as is, so it must not live in the buffer
                     f32_out = p.keep_f32 or outtype == "f32"
-                    if p.hf_name is None:
-                        arr = extras[p.gguf_name]
-                    else:
-                        arr = view.get(p.hf_name, None if f32_out else scratch).numpy()
-                        if p.gguf_name in VOCAB_TENSORS:
-                            arr = arr[: p.shape[0]]
-                        arr = arch.transform(p.gguf_name, arr, config)
                     pooled = not f32_out and p.hf_name is not None and 0 < math.prod(p.shape) <= buf_numel
                     buf = free.get() if pooled else None
-                    data = _to_output(arr, p.keep_f32, outtype, p.hf_name or p.gguf_name, buf)
+                    data = None if f32_out or p.hf_name is None else _fused_output(
+                        view, arch, p, config, outtype, buf, raw_buf if pooled else None, work)
+                    if data is None:
+                        if p.hf_name is None:
+                            arr = extras[p.gguf_name]
+                        else:
+                            arr = view.get(p.hf_name, None if f32_out else scratch).numpy()
+                            if p.gguf_name in VOCAB_TENSORS:
+                                arr = arr[: p.shape[0]]
+                            arr = arch.transform(p.gguf_name, arr, config)
+                        data = _to_output(arr, p.keep_f32, outtype, p.hf_name or p.gguf_name, buf)
                     if tuple(data.shape) != p.shape:
                         raise ConversionError(f"{p.hf_name}: transform changed shape {p.shape} -> {data.shape}")
                     tensor_out.write(data, None if buf is None else partial(free.put, buf))

@@ -14,12 +14,39 @@ import threading
 _DONE = object()
 
 
-class BackgroundTensorWriter:
-    """``write(arr)`` queues ``arr`` for ``gguf_writer.write_tensor_data``; ``finish()`` waits
-    for every queued write and re-raises the first write error in the caller's thread."""
+def write_tensor_bytes(gguf_writer, arr) -> None:
+    """``gguf_writer.write_tensor_data(arr)`` for a native-endian array on a single-file writer,
+    with one plain ``write`` of the array's buffer: numpy's ``tofile`` on a Python file object
+    costs ~2.5x the kernel time of a direct write (measured: 2.5 GB in 1.96 s vs 0.74 s)."""
+    import sys
 
-    def __init__(self, gguf_writer, depth: int = 1):
-        self._writer = gguf_writer
+    from gguf import GGUFEndian
+    from gguf.gguf_writer import WriterState
+
+    w = gguf_writer
+    native = GGUFEndian.BIG if sys.byteorder == "big" else GGUFEndian.LITTLE
+    if len(w.fout or ()) != 1 or w.endianess != native or not arr.flags.c_contiguous:
+        w.write_tensor_data(arr)  # split files, byte-swapping, strided: gguf-py's own path
+        return
+    if w.state not in (WriterState.TI_DATA, WriterState.WEIGHTS):
+        raise ValueError(f"GGUF writer: expected tensor info or weights, got {w.state}")
+    fout, infos = w.fout[0], w.tensors[0]
+    info = infos.pop(next(iter(infos)))
+    if info.nbytes != arr.nbytes:
+        raise ValueError(f"GGUF writer: tensor of {arr.nbytes} bytes where {info.nbytes} were declared")
+    w.write_padding(fout, fout.tell())
+    fout.write(memoryview(arr.reshape(-1)).cast("B"))
+    w.write_padding(fout, arr.nbytes)
+    w.state = WriterState.WEIGHTS
+
+
+class BackgroundTensorWriter:
+    """``write(arr)`` queues ``arr`` for ``write_fn(arr)`` (e.g. ``partial(write_tensor_bytes,
+    gguf_writer)``); ``finish()`` waits for every queued write and re-raises the first write
+    error in the caller's thread."""
+
+    def __init__(self, write_fn, depth: int = 1):
+        self._write_fn = write_fn
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="gguf-tensor-writer", daemon=True)
@@ -33,7 +60,7 @@ class BackgroundTensorWriter:
             arr, on_written = item
             if self._error is None:
                 try:
-                    self._writer.write_tensor_data(arr)
+                    self._write_fn(arr)
                 except BaseException as e:  # surfaced by write()/finish() in the caller
                     self._error = e
             if on_written is not None:

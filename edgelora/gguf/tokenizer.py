@@ -301,6 +301,19 @@ def _load_hf(tokenizer_dir: Path):
     return AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
 
 
+def _load(tokenizer_dir: Path, kind: str, config: dict | None = None):
+    """The tokenizer training used: tokenizer.json through ``tokenizers`` alone where transformers
+    would load it unchanged (no ~3 s transformers import on the conversion's critical path),
+    else transformers' AutoTokenizer."""
+    if kind == "gpt2":
+        from .tokenizer_json import plain_tokenizer_json
+
+        tok = plain_tokenizer_json(tokenizer_dir, config)
+        if tok is not None:
+            return tok
+    return _load_hf(tokenizer_dir)
+
+
 def pre_tokenizer_hash(tok) -> str:
     # Default add_special_tokens=True, exactly as llama.cpp hashes it (Llama 3's BOS is part of it).
     return hashlib.sha256(str(tok.encode(CHECK_TEXT)).encode()).hexdigest()
@@ -321,7 +334,7 @@ def pre_tokenizer_name(tokenizer_dir: str | Path) -> str:
     if tokenizer_kind(tokenizer_dir) == "llama":
         _load_hf(tokenizer_dir)  # the HF tokenizer must load: it is what the checks compare with
         return "default"  # SentencePiece has no pre-tokenizer for llama.cpp to choose
-    return _pre_from_hash(pre_tokenizer_hash(_load_hf(tokenizer_dir)), tokenizer_dir)
+    return _pre_from_hash(pre_tokenizer_hash(_load(tokenizer_dir, "gpt2")), tokenizer_dir)
 
 
 def _token_text(value) -> str | None:
@@ -420,9 +433,9 @@ def build_tokenizer_export(tokenizer_dir: str | Path, *, n_vocab: int | None = N
     :meth:`TokenizerExport.padded_to`); without, it ends at the highest real id.
     """
     tokenizer_dir = Path(tokenizer_dir)
-    config = config or {}
     kind = tokenizer_kind(tokenizer_dir)
-    tok = _load_hf(tokenizer_dir)
+    tok = _load(tokenizer_dir, kind, config or None)
+    config = config or {}
     vocab = tok.get_vocab()
     n_ids = max(vocab.values()) + 1 if vocab else 0
     if kind == "llama":
