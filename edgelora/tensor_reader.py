@@ -78,20 +78,23 @@ class SafetensorsFile:
             done += count
         return out
 
-    def read_raw(self, name: str, buf):
-        """The tensor in its stored dtype, read into (a view of) the flat uint8 torch ``buf``
-        (large enough: ``nbytes(name)``), shaped."""
+    def read_raw(self, name: str, buf, rows: tuple[int, int] | None = None):
+        """The tensor (or its rows ``rows[0]:rows[1]``) in its stored dtype, read into (a view
+        of) the flat uint8 torch ``buf``, shaped."""
         import torch
 
         entry = self._entries[name]
         src_dtype, itemsize = _DTYPES[entry["dtype"]]
         begin, end = entry["data_offsets"]
-        n = end - begin
-        if n != math.prod(entry["shape"]) * itemsize:
+        shape = list(entry["shape"])
+        if end - begin != math.prod(shape) * itemsize:
             raise OSError(f"{self.path}: tensor {name} size mismatch")
-        raw = buf[:n]
+        if rows is not None:
+            row_bytes = math.prod(shape[1:]) * itemsize
+            begin, shape = begin + rows[0] * row_bytes, [rows[1] - rows[0], *shape[1:]]
+        raw = buf[: math.prod(shape) * itemsize]
         self._read_into(raw.numpy(), begin, name)
-        return raw.view(getattr(torch, src_dtype)).view(entry["shape"])
+        return raw.view(getattr(torch, src_dtype)).view(shape)
 
     def nbytes(self, name: str) -> int:
         begin, end = self._entries[name]["data_offsets"]

@@ -22,7 +22,7 @@ from ..errors import ConversionError
 from ..fsutil import atomic_path
 from .architectures import Architecture, find_architecture
 from .fused_merge import CHUNK_ELEMENTS
-from .streaming import BackgroundTensorWriter, write_tensor_bytes
+from .streaming import BackgroundTensorWriter, TensorDataWriter
 
 OUTTYPES = ("f32", "f16", "bf16")
 
@@ -188,6 +188,47 @@ def _fused_output(view, arch, p: PlannedTensor, config: dict, outtype: str, out,
     return result.numpy() if outtype == "f16" else result.view(torch.int16).numpy()
 
 
+def _stream_in_blocks(view, arch, p: PlannedTensor, config: dict, block_numel: int, free, raw_buf, work,
+                      tensor_out) -> bool:
+    """A tensor larger than the pooled buffers (the vocabulary tensors: 0.5 G elements on
+    Llama 3 8B) merged and written in row blocks that fit them, so memory does not grow with
+    the vocabulary. False (nothing written) where only the whole-tensor path applies."""
+    import torch
+
+    from .fused_merge import NotRowOrder, merged_rows, row_order
+
+    source = view.plain_source(p.hf_name)
+    if source is None or len(p.shape) != 2 or work is None or not 0 < p.shape[1] <= block_numel:
+        return False
+    file, stored_name, pair = source
+    stored_shape = file.shape(stored_name)
+    if len(stored_shape) != 2 or stored_shape[1] != p.shape[1] or stored_shape[0] < p.shape[0]:
+        return False
+    try:
+        if row_order(arch, p.gguf_name, p.shape[0], config) is not None:
+            return False  # a reordered tensor needs rows from anywhere: whole-tensor path
+    except NotRowOrder:
+        return False
+    itemsize = file.nbytes(stored_name) // math.prod(stored_shape)
+    rows, step = p.shape[0], min(block_numel // p.shape[1], raw_buf.numel() // (p.shape[1] * itemsize))
+    if step == 0:
+        return False
+    a_b = view.lora_factors(p.hf_name) if pair is not None else None
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        stored = file.read_raw(stored_name, raw_buf, rows=(r0, r1))
+        lora = None if a_b is None else (a_b[0], a_b[1][r0:r1], pair.scale)
+        out = free.get()
+        try:
+            block = merged_rows(stored, lora, r1 - r0, None, out, work)
+        except OverflowError:
+            free.put(out)
+            raise ConversionError(f"{p.hf_name}: a weight overflows float16; convert with outtype bf16 or f32") from None
+        data = block.view(torch.int16).numpy() if block.dtype == torch.bfloat16 else block.numpy()
+        tensor_out.write(data, partial(free.put, out), first=r0 == 0, last=r1 == rows)
+    return True
+
+
 def convert(model_dir, out_path, *, adapter_dir=None, outtype: str = "f16",
             architectures: dict | None = None, progress: Callable[[int, int, str], None] | None = None,
             tokenizer_dir=None, name: str | None = None, base_model: dict | None = None,
@@ -249,7 +290,7 @@ def convert(model_dir, out_path, *, adapter_dir=None, outtype: str = "f16",
                 writer.write_kv_data_to_file()
                 writer.write_ti_data_to_file()
                 total_bytes = 0
-                tensor_out = BackgroundTensorWriter(partial(write_tensor_bytes, writer))  # writes overlap the next tensor's compute
+                tensor_out = BackgroundTensorWriter(TensorDataWriter(writer))  # writes overlap the next tensor's compute
                 # One float32 buffer for every layer tensor (_to_output copies out of it before the
                 # next read), and three 16-bit output buffers handed back by the writer thread once
                 # written (one being filled, one queued, one being written): no fresh allocations,
@@ -269,6 +310,12 @@ def convert(model_dir, out_path, *, adapter_dir=None, outtype: str = "f16",
                     # a float32 output is queued as is, so it must not live in the buffer
                     f32_out = p.keep_f32 or outtype == "f32"
                     pooled = not f32_out and p.hf_name is not None and 0 < math.prod(p.shape) <= buf_numel
+                    if not pooled and not f32_out and p.hf_name is not None and _stream_in_blocks(
+                            view, arch, p, config, buf_numel, free, raw_buf, work, tensor_out):
+                        total_bytes += math.prod(p.shape) * 2
+                        if progress is not None:
+                            progress(i + 1, len(planned), p.gguf_name)
+                        continue
                     buf = free.get() if pooled else None
                     data = None if f32_out or p.hf_name is None else _fused_output(
                         view, arch, p, config, outtype, buf, raw_buf if pooled else None, work)
