@@ -185,14 +185,30 @@ def run_peer(model_dir: Path, data: list[list[int]], args) -> dict:
 
 
 def parse_ours(variant: str) -> dict:
-    """'ours' with optional suffixes: -rK (only K layers recompute activations), -d0 (LoRA dropout 0),
-    -c (cache the dequantized bf16 base weights)."""
-    opts = {"recompute_layers": -1, "dropout": 0.05, "dequant_cache": 0}
+    """'ours' with optional suffixes, e.g. ``ours-r24-c128``:
+
+    -rK   only the first K decoder layers recompute activations (``recompute_layers=K``);
+    -c    cache every dequantized bf16 base weight (``dequant_cache=-1``);
+    -cK   cache K base weights — weights, not layers (a Llama layer has 7) — chosen by
+          ``edgelora.train_kernels.cache_order`` (``dequant_cache=K``; at 8B, c128 = all q/k/v/o);
+    -mG   choose both from a GPU memory budget of G GiB (``memory_budget_gib=G``, e.g. -m16.4);
+    -bnb  run uncached NF4 weights through bitsandbytes' own matmul (``lean_nf4=False``);
+    -d0   LoRA dropout 0 (not the peer's setting: for what-if runs only).
+    """
+    import re
+
+    opts = {"recompute_layers": -1, "dropout": 0.05, "dequant_cache": 0, "lean_nf4": True}
     for part in variant.split("-")[1:]:
         if part == "c":
             opts["dequant_cache"] = -1
-        elif part.startswith("r"):
+        elif re.fullmatch(r"c\d+", part):
+            opts["dequant_cache"] = int(part[1:])
+        elif re.fullmatch(r"r\d+", part):
             opts["recompute_layers"] = int(part[1:])
+        elif re.fullmatch(r"m\d+(\.\d+)?", part):
+            opts["memory_budget_gib"] = float(part[1:])
+        elif part == "bnb":
+            opts["lean_nf4"] = False
         elif part == "d0":
             opts["dropout"] = 0.0
         else:
@@ -213,13 +229,20 @@ def run_ours(model_dir: Path, data: list[list[int]], args) -> dict:
         if ev.get("event") == "step":
             clock.tick(ev["loss"])
             tokens_per_step.append(ev["tokens"])
-            if args.profile and ev["step"] == args.warmup:
+            # Profiled steps come after the timed ones (the profiler slows them down).
+            if args.profile and ev["step"] == args.steps:
                 p = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
                                                        torch.profiler.ProfilerActivity.CUDA])
                 p.start()
                 prof.append(p)
-            if prof and ev["step"] == args.warmup + 3:
+            if prof and ev["step"] == args.steps + 3:
+                torch.cuda.synchronize()
                 prof[0].stop()
+                wall = clock.times[-1] - clock.times[-4]
+                busy = sum(e.self_device_time_total for e in prof[0].key_averages()
+                           if e.device_type == torch.autograd.DeviceType.CUDA) / 1e6
+                print(f"profile: 3 steps {wall:.3f}s wall, GPU kernels {busy:.3f}s ({100 * busy / wall:.0f}% busy)",
+                      flush=True)
                 print(prof[0].key_averages().table(sort_by="self_cuda_time_total", row_limit=30), flush=True)
                 print(prof[0].key_averages().table(sort_by="self_cpu_time_total", row_limit=12), flush=True)
         elif ev.get("event") == "notice":
@@ -229,13 +252,15 @@ def run_ours(model_dir: Path, data: list[list[int]], args) -> dict:
     out = Path(tempfile.mkdtemp()) / "adapter"
     report = train_lora(base_dir=model_dir, train_examples=examples, eval_examples=[], out_dir=out,
                         r=16, alpha=32, target_modules=TARGETS, learning_rate=2e-4, **parse_ours(args.variant),
-                        max_steps=args.steps, batch_size=args.batch, grad_accum=1,
+                        max_steps=args.steps + (3 if args.profile else 0), batch_size=args.batch, grad_accum=1,
                         warmup_ratio=0.05, max_length=args.seq, seed=args.seed, eval_every=10**9,
                         packing=args.data == "varlen", device="cuda", quantization="nf4", dtype="bfloat16",
                         progress=progress)
     return {"times": clock.times, "losses": clock.losses, "tokens_per_step": tokens_per_step,
             "peak_bytes": report["peak_gpu_memory_bytes"], "kernels": report["kernels"],
-            "splits": report["micro_batch_splits"], "recomputed_layers": report["recomputed_layers"]}
+            "splits": report["micro_batch_splits"], "recomputed_layers": report["recomputed_layers"],
+            "dequantized_weights_cached": report.get("dequantized_weights_cached"),
+            "lean_nf4_matmuls": report.get("lean_nf4_matmuls"), "memory_plan": report.get("memory_plan")}
 
 
 def variant_main(args) -> None:
@@ -262,7 +287,7 @@ def summarize(res: dict, cfg: dict, args) -> dict:
         ends = times[1:]
     else:  # times[k-1]: end of step k
         ends = times
-    steps = min(len(ends), len(toks))
+    steps = min(len(ends), len(toks), args.steps)
     seconds = ends[steps - 1] - ends[w - 1]
     tokens = sum(toks[w:steps])
     tok_s = tokens / seconds
@@ -271,7 +296,8 @@ def summarize(res: dict, cfg: dict, args) -> dict:
             "first_loss": res["losses"][0] if res["losses"] else None,
             "losses": res["losses"], "steps_timed": steps - w, "seconds": seconds,
             "linear_tflops": 4 * n * tok_s / 1e12,
-            **({k: res[k] for k in ("kernels", "splits", "recomputed_layers") if k in res})}
+            **({k: res[k] for k in ("kernels", "splits", "recomputed_layers", "dequantized_weights_cached",
+                                   "lean_nf4_matmuls", "memory_plan") if k in res})}
 
 
 def main() -> None:
@@ -287,7 +313,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--variants", default="peer,ours")
     ap.add_argument("--model-dir", default="")
-    ap.add_argument("--profile", action="store_true", help="print a torch.profiler table of 3 'ours' steps")
+    ap.add_argument("--profile", action="store_true", help="print a torch.profiler table of 3 more steps after the timed ones")
+    ap.add_argument("--profile-variants", default="", help="which 'ours' variants --profile applies to (default: all)")
     ap.add_argument("--out", default="bench_train.json")
     # internal: run one variant in this process
     ap.add_argument("--variant", default="")
@@ -297,6 +324,9 @@ def main() -> None:
     cfg = SHAPES[args.shape]
     if not args.examples:
         args.examples = args.steps * args.batch + 64
+    if args.profile and not args.profile_variants:
+        args.profile_variants = args.variants
+    args.profile_variants = args.profile_variants.split(",")
     if not args.peer_batch:
         args.peer_batch = args.batch  # same examples per step: packing only removes padding
     if args.variant:
@@ -318,7 +348,7 @@ def main() -> None:
                    "--batch", str(args.batch), "--peer-batch", str(args.peer_batch), "--steps", str(args.steps),
                    "--warmup", str(args.warmup), "--seed", str(args.seed), "--examples", str(args.examples),
                    "--model-dir", str(model_dir), "--variant", variant, "--result", str(res_path)]
-            if args.profile and variant.startswith("ours") and rep == 0:
+            if args.profile and variant.startswith("ours") and rep == 0 and variant in args.profile_variants:
                 cmd.append("--profile")
             t = time.perf_counter()
             proc = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -330,15 +360,21 @@ def main() -> None:
             s["repeat"], s["wall_s"] = rep, round(time.perf_counter() - t, 1)
             results.append(s)
             print(f"{args.shape} {args.data} rep{rep} {variant}: {s['tokens_per_s']:.0f} tok/s, "
-                  f"peak {s['peak_gib']:.2f} GiB, first loss {s['first_loss']}, wall {s['wall_s']}s", flush=True)
+                  f"peak {s['peak_gib']:.2f} GiB, first loss {s['first_loss']}, wall {s['wall_s']}s, "
+                  f"recompute {s.get('recomputed_layers')}, cached {s.get('dequantized_weights_cached')}", flush=True)
+            if s.get("memory_plan"):
+                print(f"  memory plan: {json.dumps(s['memory_plan'])}", flush=True)
     summary = {"shape": args.shape, "data": args.data, "seq": args.seq, "batch": args.batch,
                "peer_batch": args.peer_batch, "steps": args.steps, "warmup": args.warmup,
                "device": torch.cuda.get_device_name(), "versions": _versions(), "results": results}
     ok = [r for r in results if "failed" not in r]
     by = {v: sorted(r["tokens_per_s"] for r in ok if r["variant"] == v) for v in args.variants.split(",")}
-    if by.get("peer") and by.get("ours"):
-        med = {v: by[v][len(by[v]) // 2] for v in by if by[v]}
-        summary["speedup_median"] = med["ours"] / med["peer"]
+    if by.get("peer"):
+        import statistics
+
+        med = {v: statistics.median(by[v]) for v in by if by[v]}
+        if "ours" in med:
+            summary["speedup_median"] = med["ours"] / med["peer"]
         summary["speedups"] = {v: med[v] / med["peer"] for v in med}
         summary["peak_gib_max"] = {v: max(r["peak_gib"] for r in ok if r["variant"] == v) for v in med}
         print(f"speedups vs peer: {summary['speedups']}; peak GiB: {summary['peak_gib_max']}", flush=True)
@@ -347,7 +383,7 @@ def main() -> None:
         lengths = [len(x) for x in make_data(args.data, args.examples, args.seq, cfg["vocab_size"], args.seed)]
         attn_per_token = attention_flops(cfg, lengths) / sum(lengths)
         summary["mfu"] = {v: (4 * n + attn_per_token) * med[v] / PEAK_BF16 for v in med if by[v]}
-        print(f"speedup ours/peer (median tok/s): {summary['speedup_median']:.2f}x; MFU {summary['mfu']}", flush=True)
+        print(f"MFU {summary['mfu']}", flush=True)
     Path(args.out).write_text(json.dumps(summary, indent=2))
 
 

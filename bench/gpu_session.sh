@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run on the GPU machine from the repo root: installs carried wheels, runs the GPU tests
 # and the training benchmark, logs under $OUT (or ./gpu-out). Usage: bench/gpu_session.sh PHASE...
-# Phases: setup tests bench1b varlen1b bench8b
+# Phases: setup tests bench1b varlen1b bench8b budget8b
 set -uo pipefail
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -26,5 +26,7 @@ for phase in "$@"; do
       timeout 200 $PY bench/bench_train.py --shape 1b --data varlen --batch 16 --steps 30 --warmup 5 --repeats 1 --variants peer,ours,ours-c-r4 --out "$OUT/final_1b_varlen.json" 2>&1 | grep -v -i "warning\|Loading weights\|it/s\]\|Backend impl" | tee "$OUT/final_1b_varlen.log" ;;
     bench8b)
       timeout 540 $PY bench/bench_train.py --shape 8b --data fixed --batch 2 --steps 15 --warmup 4 --repeats 1 --variants ${VARIANTS:-peer,ours,ours-c} --out "$OUT/bench_8b_fixed.json" 2>&1 | grep -v -i "warning\|Loading weights\|it/s\]\|Backend impl" | tee "$OUT/bench_8b_fixed.log" ;;
+    budget8b)  # 8B within the peer's memory: explicit setting and automatic choice (bench/RESULTS.md)
+      timeout 330 $PY bench/bench_train.py --shape 8b --data fixed --batch 2 --steps 15 --warmup 4 --repeats 2 --variants ${VARIANTS:-peer,ours-r24-c128,ours-m16.44} --out "$OUT/budget_8b_fixed.json" 2>&1 | grep -v -i "warning\|Loading weights\|it/s\]\|s/it\]\|Backend impl" | tee "$OUT/budget_8b_fixed.log" ;;
   esac
 done

@@ -24,7 +24,8 @@ from .distributed import World, all_reduce_grads, all_reduce_sum, barrier, world
 from .errors import TrainingError, TrainingInterrupted
 from .fsutil import atomic_dir, sha256_file
 from .packing import collate, micro_batch_stream
-from .train_kernels import apply_fused_kernels, cache_dequantized_weights, fused_loss_sum
+from .train_kernels import (apply_fused_kernels, cache_dequantized_weights, fused_loss_sum, lean_nf4_matmuls,
+                            nf4_linears)
 from .train_setup import Progress, notice, linear_target_modules, load_model, resolve_setup
 
 # Architectures whose ForCausalLM head is exactly lm_head(hidden): for these the
@@ -136,6 +137,13 @@ def _check_args(**kw) -> None:
         raise TrainingError(f"dequant_cache: must be -1 (all) or a count >= 0, got {kw['dequant_cache']!r}")
     if not isinstance(kw["recompute_layers"], int) or kw["recompute_layers"] < -1:
         raise TrainingError(f"recompute_layers: must be -1 (all) or a count >= 0, got {kw['recompute_layers']!r}")
+    budget = kw["memory_budget_gib"]
+    if budget is not None:
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
+            raise TrainingError(f"memory_budget_gib: must be a positive number of GiB, got {budget!r}")
+        if kw["recompute_layers"] != -1 or kw["dequant_cache"] != 0:
+            raise TrainingError("memory_budget_gib: chooses recompute_layers and dequant_cache itself; "
+                                "leave those at -1 and 0 or drop the budget")
     if not 0 <= kw["dropout"] < 1 or not 0 <= kw["warmup_ratio"] < 1:
         raise TrainingError("dropout and warmup_ratio: must be in [0, 1)")
 
@@ -213,6 +221,8 @@ def train_lora(
     packing: bool = True,
     recompute_layers: int = -1,
     dequant_cache: int = 0,
+    lean_nf4: bool = True,
+    memory_budget_gib: float | None = None,
     device: str = "auto",
     quantization: str = "auto",
     dtype: str = "auto",
@@ -240,7 +250,13 @@ def train_lora(
     ``recompute_layers`` decoder layers recompute their activations (-1: all): fewer
     is faster and holds more activations in memory. ``dequant_cache`` (NF4 only) keeps a
     bf16 copy of that many dequantized base weights (-1: all, 0: none): same values,
-    fewer dequantizations, 2 bytes per weight more memory.
+    fewer dequantizations, 2 bytes per weight more memory; the weights that pay most are
+    cached first (smallest per dequantization saved: k/v projections of recomputing layers
+    first). ``lean_nf4`` runs the other NF4 weights through a leaner dequantize-and-matmul
+    than bitsandbytes' (same values, less CPU overhead per call, +4 bytes per 64 weights).
+    ``memory_budget_gib`` (CUDA QLoRA; excludes setting the two knobs) picks both from
+    measurements on the longest micro-batch so the step's peak fits the budget
+    (``edgelora.train_memory``); the choice is recorded as ``memory_plan`` in the report.
     ``progress(event)`` gets ``{"step","total","loss","eval_loss","tokens_per_s","lr","eta_s"}``
     after every optimizer step and ``{"event": "notice", "message": str}`` for notices.
     Returns the report (also written as train_report.json).
@@ -296,6 +312,7 @@ def train_lora(
     dense_cached = 0
     if quantization == "nf4" and dequant_cache:
         dense_cached = cache_dequantized_weights(model, None if dequant_cache < 0 else dequant_cache)
+    lean = lean_nf4_matmuls(model) if quantization == "nf4" and lean_nf4 else 0
     targets = linear_target_modules(model) if target_modules == "all-linear" else (
         [t.strip() for t in target_modules.split(",")] if isinstance(target_modules, str) else list(target_modules)
     )
@@ -420,6 +437,16 @@ def train_lora(
     if world.main:  # rewrite the history up to the checkpoint: a resumed run's rows continue it
         metrics_path.write_text("".join(json.dumps(r) + "\n" for r in state["rows"]), encoding="utf-8")
 
+    memory_plan = None
+    if memory_budget_gib is not None:
+        if quantization == "nf4" and on_cuda:
+            model.train()
+            memory_plan = _fit_memory_budget(model, train_enc, batch_size, max_length, packing, batch_of,
+                                             loss_sum, memory_budget_gib, device, progress)
+            recomputed, dense_cached = memory_plan["recompute_layers"], memory_plan["dequant_cache"]
+            lean = sum(1 for m, _ in nf4_linears(model) if hasattr(m, "edgelora_absmax"))
+        else:
+            notice(progress, "memory_budget_gib applies to CUDA QLoRA (nf4) only; ignored")
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)
     eval_seconds = 0.0
@@ -551,6 +578,8 @@ def train_lora(
             "micro_batch_splits": state["splits"],
             "recomputed_layers": recomputed,
             "dequantized_weights_cached": dense_cached,
+            "lean_nf4_matmuls": lean,
+            "memory_plan": memory_plan,
             "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(device) if on_cuda else None,
             "lora": {"r": r, "alpha": alpha, "dropout": dropout, "target_modules": targets},
             "optimizer": {"name": type(optimizer).__name__, "learning_rate": learning_rate,
@@ -563,6 +592,41 @@ def train_lora(
     if report is None:  # other ranks: the report rank 0 wrote, so every rank returns the same
         report = json.loads((out_dir / "train_report.json").read_text(encoding="utf-8"))
     return report
+
+
+def _fit_memory_budget(model, train_enc, batch_size, max_length, packing, batch_of, loss_sum, budget_gib,
+                       device, progress) -> dict:
+    """Measure on the longest micro-batch, choose recompute/cache settings for the budget, apply them."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    from .packing import pack_rows
+    from .train_memory import GIB, describe, plan, probe
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    linears = [m for m, _ in nf4_linears(model)]
+    longest = sorted(range(len(train_enc)), key=lambda i: -len(train_enc[i]["input_ids"]))[:batch_size]
+    rows = pack_rows(train_enc, longest, max_length) if packing else [[i] for i in longest]
+    batch = batch_of([[train_enc[i] for i in row] for row in rows])
+    measured = probe(model, batch, loss_sum, layers, linears, device)
+    layer_of = {}
+    for j, layer in enumerate(layers):
+        for sub in layer.modules():
+            layer_of[id(sub)] = j
+    weights = [(layer_of.get(id(m), len(layers)), m.weight.quant_state.shape.numel(),
+                measured.dequant_s[tuple(m.weight.quant_state.shape)]) for m in linears]
+    budget = int(budget_gib * GIB)
+    chosen = plan(budget_bytes=budget, base_peak_bytes=measured.peak_bytes, layers=len(layers),
+                  layer_activation_bytes=measured.layer_activation_bytes,
+                  layer_forward_s=measured.layer_forward_s, weights=weights)
+    _limit_recompute(model, chosen.recompute_layers)
+    cached = cache_dequantized_weights(model, only=[linears[i] for i in chosen.cached])
+    record = describe(measured, chosen, budget, cached)
+    notice(progress, f"memory budget {budget_gib:g} GiB: {chosen.recompute_layers} of {len(layers)} layers "
+           f"recompute, {cached} dequantized weights cached (predicted peak {record['predicted_peak_gib']} GiB)")
+    if measured.peak_bytes > budget:
+        notice(progress, f"memory budget {budget_gib:g} GiB is below the smallest setting's peak "
+               f"({measured.peak_bytes / GIB:.2f} GiB): training with every layer recomputing and no cache")
+    return record
 
 
 def _eval_rows(eval_enc: list[dict], batch_size: int, max_length: int, packing: bool) -> list[list[list[dict]]]:

@@ -125,6 +125,7 @@ def train(ctx) -> dict:
             device=t.device, quantization=t.quantization, max_seconds=t.max_seconds or None,
             early_stop=t.early_stop, packing=t.packing, save_every=t.save_every or None,
             recompute_layers=t.recompute_layers, dequant_cache=t.dequant_cache,
+            memory_budget_gib=t.memory_budget_gib or None,
             checkpoint_dir=ctx.stage_dir("train") / "checkpoints",
             resume=bool(ctx.options.get("resume")), force=bool(ctx.options.get("force")),
             progress=progress)

@@ -103,3 +103,59 @@ def test_dequantized_weight_cache_gives_the_same_loss_and_gradients(tiny_llama_d
     assert loss == pytest.approx(ref_loss, rel=1e-3)
     for name, g in grads.items():
         assert torch.allclose(g, ref_grads[name], rtol=2e-2, atol=1e-4), name
+
+
+def test_lean_nf4_matmul_gives_the_same_loss_and_gradients(tiny_llama_dir):
+    pytest.importorskip("bitsandbytes")
+    import torch
+    from transformers import AutoTokenizer
+
+    from edgelora.train import _loss_sum
+    from edgelora.train_kernels import cache_dequantized_weights, lean_nf4_matmuls
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir, local_files_only=True)
+    data = [encode_chat(tok, example(f"Q {i}?", "an answer " * (i + 1))["messages"], max_length=128) for i in range(4)]
+    batch = collate([[e] for e in data], tok.pad_token_id, "cuda", packed=False)
+    model, _ = _nf4_peft(tiny_llama_dir, kernels=False)
+    model.train()
+
+    def loss_and_grads():
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = _loss_sum(model, batch, True)
+        loss.backward()
+        return float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    ref_loss, ref_grads = loss_and_grads()
+    # Both layers recompute: the 2 + 2 k/v projections are the cheapest to cache.
+    assert cache_dequantized_weights(model, 4) == 4
+    cached = sorted(n.removesuffix(".base_layer").split(".")[-1] for n, m in model.named_modules()
+                    if hasattr(m, "edgelora_dense_weight"))
+    assert cached == ["k_proj", "k_proj", "v_proj", "v_proj"]
+    assert lean_nf4_matmuls(model) == 10
+    loss, grads = loss_and_grads()
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    for name, g in grads.items():
+        assert torch.allclose(g, ref_grads[name], rtol=1e-3, atol=1e-6), name
+
+
+def test_memory_budget_chooses_settings_that_fit_and_records_them(tiny_llama_dir, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    train = [example(f"Item {i}?", "banana split " * (i % 5 + 1)) for i in range(32)]
+    held = [example(f"Item {i}?", "banana split") for i in range(32, 36)]
+    common = dict(base_dir=tiny_llama_dir, train_examples=train, eval_examples=held, r=8, alpha=16,
+                  learning_rate=2e-2, max_steps=6, batch_size=8, eval_every=3, max_length=64, device="cuda")
+    # Ample budget for a tiny model: nothing recomputes, every weight is cached.
+    roomy = train_lora(out_dir=tmp_path / "roomy", memory_budget_gib=1.0, **common)
+    plan = roomy["memory_plan"]
+    assert plan["recompute_layers"] == 0 == roomy["recomputed_layers"]
+    assert plan["dequant_cache"] == 14 == roomy["dequantized_weights_cached"]
+    assert roomy["lean_nf4_matmuls"] == 0  # every weight cached: none left on the lean path
+    assert plan["probe"]["layer_activation_bytes"] > 0 and plan["probe"]["layer_forward_s"] > 0
+    assert roomy["peak_gpu_memory_bytes"] <= 1.0 * 2**30
+    # A budget below anything possible: the smallest setting, and the same first loss.
+    tight = train_lora(out_dir=tmp_path / "tight", memory_budget_gib=0.001, **common)
+    assert tight["memory_plan"]["recompute_layers"] == 2 and tight["dequantized_weights_cached"] == 0
+    assert tight["lean_nf4_matmuls"] == 14
+    first = [json.loads((tmp_path / d / "metrics.jsonl").read_text().splitlines()[0])["loss"] for d in ("roomy", "tight")]
+    assert first[0] == pytest.approx(first[1], rel=1e-3)
