@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-CHUNK_ELEMENTS = 1 << 20  # float32 work buffer: 1 MiB, split across the cores' caches
+CHUNK_ELEMENTS = 1 << 20  # float32 work buffer: 4 MiB (1<<16 .. 1<<22 measured: 1<<20 fastest on 2 cores)
 
 
 class NotRowOrder(Exception):
