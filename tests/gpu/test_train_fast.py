@@ -76,13 +76,13 @@ def test_fast_qlora_trains_and_records_kernels_and_memory(tiny_llama_dir, tmp_pa
     assert rows[-1]["loss"] < rows[0]["loss"]
 
 
-def test_dequantized_weight_cache_gives_the_same_loss_and_gradients(tiny_llama_dir):
+def _nf4_model_and_probe(tiny_llama_dir):
+    """A tiny NF4 + LoRA model in train mode and a function giving (loss, LoRA gradients) on a fixed batch."""
     pytest.importorskip("bitsandbytes")
     import torch
     from transformers import AutoTokenizer
 
     from edgelora.train import _loss_sum
-    from edgelora.train_kernels import cache_dequantized_weights
 
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir, local_files_only=True)
     data = [encode_chat(tok, example(f"Q {i}?", "an answer " * (i + 1))["messages"], max_length=128) for i in range(4)]
@@ -97,6 +97,15 @@ def test_dequantized_weight_cache_gives_the_same_loss_and_gradients(tiny_llama_d
         loss.backward()
         return float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
+    return model, loss_and_grads
+
+
+def test_dequantized_weight_cache_gives_the_same_loss_and_gradients(tiny_llama_dir):
+    import torch
+
+    from edgelora.train_kernels import cache_dequantized_weights
+
+    model, loss_and_grads = _nf4_model_and_probe(tiny_llama_dir)
     ref_loss, ref_grads = loss_and_grads()
     assert cache_dequantized_weights(model) == 14  # 2 layers x 7 linears
     loss, grads = loss_and_grads()
@@ -106,26 +115,11 @@ def test_dequantized_weight_cache_gives_the_same_loss_and_gradients(tiny_llama_d
 
 
 def test_lean_nf4_matmul_gives_the_same_loss_and_gradients(tiny_llama_dir):
-    pytest.importorskip("bitsandbytes")
     import torch
-    from transformers import AutoTokenizer
 
-    from edgelora.train import _loss_sum
     from edgelora.train_kernels import cache_dequantized_weights, lean_nf4_matmuls
 
-    tok = AutoTokenizer.from_pretrained(tiny_llama_dir, local_files_only=True)
-    data = [encode_chat(tok, example(f"Q {i}?", "an answer " * (i + 1))["messages"], max_length=128) for i in range(4)]
-    batch = collate([[e] for e in data], tok.pad_token_id, "cuda", packed=False)
-    model, _ = _nf4_peft(tiny_llama_dir, kernels=False)
-    model.train()
-
-    def loss_and_grads():
-        model.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = _loss_sum(model, batch, True)
-        loss.backward()
-        return float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-
+    model, loss_and_grads = _nf4_model_and_probe(tiny_llama_dir)
     ref_loss, ref_grads = loss_and_grads()
     # Both layers recompute: the 2 + 2 k/v projections are the cheapest to cache.
     assert cache_dequantized_weights(model, 4) == 4
