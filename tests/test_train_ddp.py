@@ -31,7 +31,9 @@ RANK_SCRIPT = textwrap.dedent("""
     from tests.test_train_ddp import ARGS
 
     report = train_lora(base_dir=sys.argv[1], out_dir=sys.argv[2], grad_accum=1, **ARGS)
-    print("RANK_REPORT", report["world_size"], report["steps"], flush=True)
+    # one write (< PIPE_BUF, so atomic): both ranks share the pipe, and print() writes piece by piece
+    sys.stdout.write(f"RANK_REPORT {report['world_size']} {report['steps']}\\n")
+    sys.stdout.flush()
 """)
 
 
