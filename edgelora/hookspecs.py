@@ -56,12 +56,15 @@ def edgelora_register_stages(register: Callable[["Stage"], None]) -> None:
     When: once per plugin, when the plugin manager is built (every command that runs
     stages: ``build``, ``train``, ``modelfile``, ``plan``).
     Gets: ``register(stage)``; call it once per :class:`edgelora.registry.Stage`
-    (``name``, ``run(context) -> dict``, ``requires``, ``produces``, ``config_keys``).
+    (``name``, ``run(context) -> dict``, ``requires``, ``produces``, ``config_keys``,
+    ``plugin_kinds``).
     Returns: nothing; what counts is what you passed to ``register``.
     Combine: 1:N, every plugin's stages are collected; the runner orders them by
     ``requires``/``produces`` (registration order breaks ties) and skips a stage whose
-    inputs, config keys and plugin version are unchanged. A duplicate stage name is an
-    error naming both plugins.
+    inputs, config keys (with the content of files they name) and plugin version are
+    unchanged, and, for the registries named in ``plugin_kinds`` (the bundle stage:
+    ``("targets",)``), the plugins and versions of their entries. A duplicate stage name
+    is an error naming both plugins.
     """
 
 

@@ -25,6 +25,7 @@ class Stage:
     version: str = "1"
     cacheable: bool = True
     description: str = ""
+    plugin_kinds: tuple[str, ...] = ()  # registries ("targets") whose entries' plugins and versions also key the cache
 
 
 @dataclass(frozen=True)

@@ -96,12 +96,30 @@ class Fingerprints:
             self.dirty = False
 
 
-def _config_values(ctx: Context, keys: Iterable[str]) -> dict[str, Any]:
+def _config_values(ctx: Context, keys: Iterable[str], fp: "Fingerprints") -> dict[str, Any]:
+    """The values of ``keys``; a string naming an existing file (``export.calibration``,
+    ``export.imatrix``, ...) also carries the file's fingerprint, so editing the file in place
+    invalidates the stage like editing the config does."""
+
+    def with_file_content(value):
+        if isinstance(value, dict):
+            return {k: with_file_content(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [with_file_content(v) for v in value]
+        if isinstance(value, str) and value and "\n" not in value:
+            try:
+                path = ctx.config.resolve(value)
+                if path.is_file():
+                    return {"value": value, "file": fp.file(path.resolve())}
+            except (OSError, ValueError):
+                pass
+        return value
+
     out = {}
     for key in keys:
         section, _, field_name = key.partition(".")
         values = ctx.config.section(section)
-        out[key] = values[field_name] if field_name else values
+        out[key] = with_file_content(values[field_name] if field_name else values)
     return out
 
 
@@ -123,7 +141,10 @@ def run(ctx: Context, stages: list[Stage], pm, *, force: Iterable[str] = ()) -> 
             key = sha256_json({
                 "stage": stage.name, "version": stage.version,
                 "plugin": provider, "plugin_version": plugin_version(pm, provider),
-                "config": _config_values(ctx, stage.config_keys), "inputs": inputs,
+                "config": _config_values(ctx, stage.config_keys, fp), "inputs": inputs,
+                "plugins": {f"{kind}:{name}": [p, plugin_version(pm, p)]
+                            for (kind, name), p in sorted(ctx.registry.providers.items())
+                            if kind in stage.plugin_kinds},
             })
             if stage.name not in force:
                 cached = _load_record(record_path)

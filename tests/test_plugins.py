@@ -155,6 +155,32 @@ def test_runner_caches_and_wrapper_sees_every_stage(tmp_path):
     assert calls[-1] == "two" and calls.count("one") == 2, "only the stage whose config changed re-runs"
 
 
+def test_a_stage_keyed_on_targets_reruns_when_a_target_plugin_arrives(tmp_path):
+    """The bundle stage runs every target: a new or upgraded target plugin must not be skipped."""
+    calls = []
+
+    def bundle_like(ctx):
+        calls.append(1)
+        (tmp_path / "pack.txt").write_text("packed")
+        return {"b": str(tmp_path / "pack.txt")}
+
+    class Pipeline:
+        @hookimpl
+        def edgelora_register_stages(self, register):
+            register(Stage("pack", bundle_like, produces=("b",), plugin_kinds=("targets",)))
+
+    class ExtraTarget:
+        @hookimpl
+        def edgelora_register_targets(self, register):
+            register(Target("extra", lambda ctx, d: {}, description="extra"))
+
+    pipeline, target = Pipeline(), ExtraTarget()  # the same plugin objects keep their registered names
+    for extra in ([pipeline], [pipeline], [pipeline, target], [pipeline, target]):
+        loaded = plugins.load(third_party=False, extra=extra)
+        run(_ctx(tmp_path, loaded.registry), [loaded.registry.stages["pack"]], loaded.pm)
+    assert len(calls) == 2, "runs first, skips, re-runs once the target set changed, then skips"
+
+
 def test_verify_findings_hook_combines():
     class Finder:
         @hookimpl

@@ -40,7 +40,7 @@ BUILTIN_STAGES = (
           description="Modelfile.j2 with a Go TEMPLATE proven equal to the Jinja chat template"),
     Stage("bundle", X.bundle, (A.BASE, A.DATASET, A.TRAIN_REPORT, A.MERGE_REPORT, A.CONVERT_REPORT,
                                A.QUANTIZED, A.QUANT_REPORT, A.EVAL_REPORT, A.GATE_REPORT, A.MODELFILE),
-          (A.BUNDLE,), ("project", "bundle", "train", "base", "export.targets"),
+          (A.BUNDLE,), ("project", "bundle", "train", "base", "export.targets"), plugin_kinds=("targets",),
           description="manifest.json, SHA256SUMS, README, probes; dist/<name>-<version>/ and .tar"),
     Stage("verify", X.verify, (A.BUNDLE,), (A.VERIFY_REPORT,), (), cacheable=False,
           description="checksums, llama-cpp-python load, probe replay on the finished bundle"),
