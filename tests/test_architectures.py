@@ -27,6 +27,7 @@ from edgelora.gguf.convert import convert
 from edgelora.gguf.reader import read_metadata
 from edgelora.gguf.tokenizer import pre_tokenizer_name, sentencepiece_info
 from edgelora.gguf.validate import check_tokenization, compare_logits, validate
+from edgelora.testing.tiny import local_project, project_toml
 
 MIN_TOP1 = 0.98
 # Stated bound for F32 GGUF vs HF fp32 on these tiny models. Largest measured: see bench/RESULTS.md
@@ -502,18 +503,6 @@ def test_real_gemma3_config_layout_normalizes():
         check_convertible(untied, families.GEMMA2)
 
 
-PLAN_TOML = """
-[project]
-name = "p"
-version = "0.1.0"
-[base]
-source = "local"
-path = "{base}"
-[data]
-train = "data/train.jsonl"
-"""
-
-
 def test_plan_fails_before_training(bpe_tok, tmp_path):
     """Unsupported architecture and unknown pre-tokenizer hash are both reported by plan."""
     from edgelora import api
@@ -557,5 +546,6 @@ def _plan_project(tmp_path: Path, base: Path) -> Path:
     (proj / "data").mkdir(parents=True)
     demo = Path(__file__).resolve().parents[1] / "demo" / "data" / "train.jsonl"
     (proj / "data" / "train.jsonl").write_text("\n".join(demo.read_text().splitlines()[:4]) + "\n")
-    (proj / "edgelora.toml").write_text(PLAN_TOML.format(base=base))
+    (proj / "edgelora.toml").write_text(project_toml(local_project(base, name="p", heldout=None,
+                                                                   max_seq_length=None)))
     return proj

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from test_merge import make_adapter
 
 from edgelora.errors import ConversionError
 from edgelora.gguf import convert as convert_mod
@@ -23,25 +24,14 @@ def bf16_base_and_adapter(tiny_llama_dir, tmp_path_factory):
     import shutil
 
     import torch
-    from peft import LoraConfig, get_peft_model
     from safetensors.torch import load_file, save_file
-    from transformers import AutoModelForCausalLM
 
     root = tmp_path_factory.mktemp("fused")
     base = root / "base"
     shutil.copytree(tiny_llama_dir, base)
     for f in base.glob("*.safetensors"):
         save_file({k: v.to(torch.bfloat16) for k, v in load_file(str(f)).items()}, str(f), metadata={"format": "pt"})
-    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32, local_files_only=True)
-    cfg = LoraConfig(r=4, lora_alpha=8, use_rslora=True, rank_pattern={"down_proj": 2}, init_lora_weights=False,
-                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    torch.manual_seed(3)
-    peft_model = get_peft_model(model, cfg)
-    with torch.no_grad():
-        for n, p in peft_model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.3)
-    peft_model.save_pretrained(root / "adapter")
+    make_adapter(base, root / "adapter", seed=3, use_rslora=True, rank_pattern={"down_proj": 2})
     return base, root / "adapter"
 
 

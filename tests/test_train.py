@@ -4,13 +4,10 @@ import pytest
 
 from edgelora.data import encode_chat
 from edgelora.errors import TrainingError
+from edgelora.testing.tiny import example
 from edgelora.train import _collate, _eval_loss, linear_target_modules, train_lora
 
 LLAMA_LINEARS = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
-
-
-def example(question, answer):
-    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
 
 
 # Train answers "banana split"; eval expects the same words swapped. Early steps

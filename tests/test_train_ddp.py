@@ -13,11 +13,8 @@ import textwrap
 
 import pytest
 
+from edgelora.testing.tiny import example
 from edgelora.train import train_lora
-
-
-def example(question, answer):
-    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
 
 
 TRAIN = [example(f"Item {i}?", "banana split" if i % 3 else "apple pie") for i in range(16)]

@@ -11,11 +11,8 @@ import pytest
 
 from edgelora import checkpoints as ckpts
 from edgelora.errors import TrainingError, TrainingInterrupted
+from edgelora.testing.tiny import example
 from edgelora.train import _budget_total, train_lora
-
-
-def example(question, answer):
-    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
 
 
 TRAIN = [example(f"Item {i}?", "banana split" if i % 2 else "apple pie") for i in range(12)]

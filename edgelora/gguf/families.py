@@ -42,11 +42,19 @@ def qwen2_expected_tensors(config: dict) -> set:
                                                          ("attn_q", "attn_k", "attn_v"))
 
 
-def qwen2_write_hparams(config: dict, writer) -> None:
-    check_activation(config, ("silu", "swish"), "qwen2")
-    _refuse_sliding(config, "qwen2")
-    write_common_hparams(config, writer)
-    write_rope_scaling(writer, rope_settings(config), "qwen2")
+def _qwen_hparams(gguf_arch: str):
+    """qwen2 and qwen3 write the same keys (qwen3's key/value_length: head_dim 128 != hidden/heads)."""
+    def write_hparams(config: dict, writer) -> None:
+        check_activation(config, ("silu", "swish"), gguf_arch)
+        _refuse_sliding(config, gguf_arch)
+        write_common_hparams(config, writer)
+        write_rope_scaling(writer, rope_settings(config), gguf_arch)
+
+    write_hparams.__name__ = f"{gguf_arch}_write_hparams"
+    return write_hparams
+
+
+qwen2_write_hparams = _qwen_hparams("qwen2")
 
 
 QWEN2 = Architecture(
@@ -66,11 +74,7 @@ def qwen3_expected_tensors(config: dict) -> set:
     return top_tensor_names(config) | layer_tensor_names(config, tuple(_QWEN3_PARTS.values()), biases)
 
 
-def qwen3_write_hparams(config: dict, writer) -> None:
-    check_activation(config, ("silu", "swish"), "qwen3")
-    _refuse_sliding(config, "qwen3")
-    write_common_hparams(config, writer)  # key/value_length: head_dim 128 != hidden/heads
-    write_rope_scaling(writer, rope_settings(config), "qwen3")
+qwen3_write_hparams = _qwen_hparams("qwen3")
 
 
 QWEN3 = Architecture(

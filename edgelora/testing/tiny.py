@@ -92,6 +92,11 @@ def make_tiny_base(dest: str | Path) -> Path:
     return base
 
 
+def example(question: str, answer: str) -> dict:
+    """One chat training record: a user question and the assistant's answer."""
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+
+
 def conversations(n: int, *, offset: int = 0) -> list[dict]:
     out = []
     for i in range(offset, offset + n):
@@ -112,13 +117,30 @@ def _toml(value: Any) -> str:
         return json.dumps(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {value!r} to TOML")
 
 
+def project_toml(config: dict[str, dict[str, Any]]) -> str:
+    """edgelora.toml text for ``config`` ({section: {key: value}}), checked to read back equal."""
+    text = "".join(f"[{section}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in values.items()) + "\n"
+                   for section, values in config.items())
+    if tomllib.loads(text) != config:  # fail here, not in the build, if a value cannot round-trip
+        raise ValueError(f"config does not round-trip through TOML: {config!r}")
+    return text
+
+
+def local_project(base_dir: str | Path, *, name: str = "tiny", **data: Any) -> dict[str, dict[str, Any]]:
+    """The sections every test project starts from: name, a local base, the data files
+    (``data`` overrides; a None value drops the key, e.g. ``heldout=None``)."""
+    files = {"train": "data/train.jsonl", "heldout": "data/heldout.jsonl", "max_seq_length": 96, **data}
+    return {"project": {"name": name, "version": "0.1.0"}, "base": {"source": "local", "path": str(base_dir)},
+            "data": {k: v for k, v in files.items() if v is not None}}
+
+
 DEFAULT_CONFIG: dict[str, dict[str, Any]] = {
-    "project": {"name": "tiny", "version": "0.1.0"},
-    "base": {"source": "local", "path": "base"},
-    "data": {"train": "data/train.jsonl", "heldout": "data/heldout.jsonl", "max_seq_length": 64},
+    **local_project("base", max_seq_length=64),
     "train": {"r": 4, "alpha": 8, "max_steps": 2, "batch_size": 4, "eval_every": 1,
               "learning_rate": 0.02, "warmup_ratio": 0.0},
     "export": {"quantize": ["Q8_0"], "min_top1_agreement": 0.9, "target_timeout_s": 120.0},
@@ -141,10 +163,7 @@ def write_project(proj: str | Path, base_dir: str | Path, config: dict[str, dict
         shutil.copytree(base_dir, proj / "base")
     for name, rows in (("train", conversations(16)), ("heldout", conversations(3, offset=40))):
         (proj / "data" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    text = "".join(f"[{section}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in values.items()) + "\n"
-                   for section, values in config.items())
-    tomllib.loads(text)  # fail here, not in the build, if a value cannot round-trip
-    (proj / "edgelora.toml").write_text(text)
+    (proj / "edgelora.toml").write_text(project_toml(config))
     return proj
 
 

@@ -4,13 +4,10 @@ import json
 
 import pytest
 
+from edgelora.testing.tiny import example
 from edgelora.train import train_lora
 
 pytestmark = pytest.mark.gpu
-
-
-def example(question, answer):
-    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
 
 
 def test_qlora_trains_and_adapter_changes_the_model(tiny_llama_dir, tmp_path):

@@ -6,13 +6,10 @@ import pytest
 
 from edgelora.data import encode_chat
 from edgelora.packing import collate, pack_rows
+from edgelora.testing.tiny import example
 from edgelora.train import train_lora
 
 pytestmark = pytest.mark.gpu
-
-
-def example(question, answer):
-    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
 
 
 def _nf4_peft(tiny_llama_dir, kernels: bool):

@@ -12,42 +12,26 @@ from edgelora import api
 from edgelora.cli import cli
 from edgelora.errors import LockMismatch
 from edgelora.testing.offline import no_network_prefix
+from edgelora.testing.tiny import local_project, project_toml
 
 DEMO = Path(__file__).resolve().parents[2] / "demo" / "data"
 
-CONFIG = """
-[project]
-name = "tiny"
-version = "0.1.0"
-[base]
-source = "local"
-path = "{base}"
-[data]
-train = "data/train.jsonl"
-heldout = "data/heldout.jsonl"
-max_seq_length = 96
-[train]
-r = 4
-alpha = 8
-max_steps = 2
-batch_size = 4
-eval_every = 1
-[export]
-quantize = {quantize}
-min_top1_agreement = 0.9
-[bundle]
-probes = 1
-probe_tokens = 4
-"""
+def _config(base: Path, quantize=("Q8_0",)) -> str:
+    return project_toml({
+        **local_project(base),
+        "train": {"r": 4, "alpha": 8, "max_steps": 2, "batch_size": 4, "eval_every": 1},
+        "export": {"quantize": list(quantize), "min_top1_agreement": 0.9},
+        "bundle": {"probes": 1, "probe_tokens": 4},
+    })
 
 
-def _project(tmp_path: Path, base: Path, quantize='["Q8_0"]') -> Path:
+def _project(tmp_path: Path, base: Path, quantize=("Q8_0",)) -> Path:
     proj = tmp_path / "proj"
     (proj / "data").mkdir(parents=True, exist_ok=True)
     lines = (DEMO / "train.jsonl").read_text().splitlines()
     (proj / "data" / "train.jsonl").write_text("\n".join(lines[:16]) + "\n")
     (proj / "data" / "heldout.jsonl").write_text("\n".join(lines[16:19]) + "\n")
-    (proj / "edgelora.toml").write_text(CONFIG.format(base=base, quantize=quantize))
+    (proj / "edgelora.toml").write_text(_config(base, quantize))
     return proj
 
 

@@ -12,6 +12,7 @@ from edgelora.cli import cli
 from edgelora.evaluation.generate import Generator, Request, generate
 from edgelora.evaluation.runner import evaluate_models
 from edgelora.evaluation.sets import BUILTIN_REGRESSION, EvalSet, load_eval_file, parse_item
+from edgelora.testing.tiny import local_project, project_toml
 
 DEMO = Path(__file__).resolve().parents[2] / "demo" / "data"
 FIELDS = ("product", "severity", "sentiment")
@@ -85,23 +86,12 @@ def test_generate_respects_budgets_and_order(tiny_gguf):
     assert out["prompts"][0].endswith("<|im_start|>assistant\n") and rows[0]["messages"][-1]["content"] in out["prompts"][0]
 
 
-CONFIG = """
-[project]
-name = "tiny"
-version = "0.1.0"
-[base]
-source = "local"
-path = "{base}"
-[data]
-train = "data/train.jsonl"
-heldout = "data/heldout.jsonl"
-max_seq_length = 96
-[eval]
-fields = ["product", "severity", "sentiment"]
-max_tokens = 8
-limit = 6
-gates = [{{set = "regression", metric = "checks", max_drop_vs_base = 0.5}}]
-"""
+def _config(base: Path, **data) -> str:
+    return project_toml({
+        **local_project(base, **data),
+        "eval": {"fields": ["product", "severity", "sentiment"], "max_tokens": 8, "limit": 6,
+                 "gates": [{"set": "regression", "metric": "checks", "max_drop_vs_base": 0.5}]},
+    })
 
 
 def test_edgelora_eval_end_to_end_on_a_tiny_gguf(tiny_llama_dir, tiny_gguf, tmp_path):
@@ -110,7 +100,7 @@ def test_edgelora_eval_end_to_end_on_a_tiny_gguf(tiny_llama_dir, tiny_gguf, tmp_
     lines = (DEMO / "train.jsonl").read_text().splitlines()
     (proj / "data" / "train.jsonl").write_text("\n".join(lines[:8]) + "\n")
     (proj / "data" / "heldout.jsonl").write_text("\n".join(lines[8:14]) + "\n")
-    (proj / "edgelora.toml").write_text(CONFIG.format(base=tiny_llama_dir))
+    (proj / "edgelora.toml").write_text(_config(tiny_llama_dir))
     result = CliRunner().invoke(cli, ["eval", str(proj), "--model", "base", "--model", str(tiny_gguf),
                                       "--set", "heldout", "--set", "regression"])
     assert result.exit_code == 0, result.output
@@ -135,8 +125,7 @@ def test_plan_warns_about_fact_injection_and_checks_eval_files(tiny_llama_dir, t
     facts = [{"messages": [{"role": "user", "content": f"Who founded the town of Example{i}?"},
                            {"role": "assistant", "content": f"Founder Number{i}"}]} for i in range(30)]
     (proj / "data" / "train.jsonl").write_text("".join(json.dumps(f) + "\n" for f in facts))
-    (proj / "edgelora.toml").write_text(CONFIG.format(base=tiny_llama_dir).replace(
-        'heldout = "data/heldout.jsonl"\n', ""))
+    (proj / "edgelora.toml").write_text(_config(tiny_llama_dir, heldout=None))
     result = CliRunner().invoke(cli, ["plan", str(proj)])
     assert result.exit_code == 0, result.output
     assert "warning:" in result.output and "fact injection: 30 of 30 examples" in result.output
