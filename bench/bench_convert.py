@@ -51,8 +51,8 @@ model.save_pretrained(out, safe_serialization=True)
 
 
 def tokenizer_dir(cache: Path) -> Path:
-    from edgelora.gguf_import import import_gguf
-    from edgelora.sources import embedded_gguf_path
+    from edgelora.sources.gguf_import import import_gguf
+    from edgelora.sources.fetch import embedded_gguf_path
 
     dest = cache / "smollm2"
     if not (dest / "tokenizer.json").is_file():
@@ -202,7 +202,7 @@ def run_ours(base: Path, adapter: Path, work: Path) -> tuple[dict, Path]:
 def lora_delta_absmax(base: Path, adapter: Path) -> dict:
     """GGUF tensor name -> max |scale·B·A| (sizes the peer's bf16 rounding of the delta)."""
     from edgelora.gguf.architectures import LLAMA
-    from edgelora.merge import MergedView
+    from edgelora.merge.view import MergedView
 
     out = {}
     with MergedView(base, adapter) as view:

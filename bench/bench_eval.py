@@ -32,10 +32,10 @@ N_PROMPTS = 200
 
 
 def demo_q8_0() -> Path:
-    from edgelora.fsutil import sha256_file
+    from edgelora.util.hashing import sha256_file
     from edgelora.gguf.convert import convert
-    from edgelora.quantize import quantize
-    from edgelora.sources import embedded_gguf_path, import_gguf
+    from edgelora.quantize.llama_quantize import quantize
+    from edgelora.sources.fetch import embedded_gguf_path, import_gguf
 
     src = embedded_gguf_path("smollm2-135m-instruct")
     tag = sha256_file(src)[:12]

@@ -32,8 +32,8 @@ def _wchar() -> int:
 
 
 def smollm2_dir() -> Path:
-    from edgelora.fsutil import sha256_file
-    from edgelora.sources import embedded_gguf_path, import_gguf
+    from edgelora.util.hashing import sha256_file
+    from edgelora.sources.fetch import embedded_gguf_path, import_gguf
 
     gguf = embedded_gguf_path("smollm2-135m-instruct")
     cache = Path(os.environ.get("EDGELORA_TEST_CACHE", Path.home() / ".cache" / "edgelora-tests"))
@@ -55,9 +55,9 @@ def main() -> None:
 
     from edgelora.default_plugins.stages_prepare import read_jsonl
     from edgelora.gguf.convert import convert
-    from edgelora.imatrix import calibration_batches, compute_imatrix, means
-    from edgelora.quant_pipeline import quantize_all
-    from edgelora.quant_quality import GateThresholds, heldout_token_batches, render_markdown
+    from edgelora.quantize.imatrix import calibration_batches, compute_imatrix, means
+    from edgelora.quantize.pipeline import quantize_all
+    from edgelora.quantize.quality import GateThresholds, heldout_token_batches, render_markdown
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@
 Peer (benchmarks.md §2): transformers Trainer + PEFT + bitsandbytes NF4 (double quant,
 bf16 compute), ``prepare_model_for_kbit_training``, LoRA r=16 alpha=32 dropout 0.05 on
 q,k,v,o,gate,up,down, gradient checkpointing, paged 8-bit AdamW, lr 2e-4, bf16, SDPA.
-Ours: ``edgelora.train.train_lora`` with the same LoRA and optimizer settings (no fp32
+Ours: ``edgelora.training.loop.train_lora`` with the same LoRA and optimizer settings (no fp32
 upcast, autocast, Liger RMSNorm/RoPE/SwiGLU + fused linear cross-entropy when installed,
 padding-free packing).
 
@@ -132,7 +132,7 @@ def run_peer(model_dir: Path, data: list[list[int]], args) -> dict:
     # both see identical batches and the first-step losses are comparable.
     import random
 
-    from edgelora.packing import epoch_batches
+    from edgelora.training.packing import epoch_batches
 
     encoded = [{"input_ids": ids} for ids in data]
     order = [i for batch in epoch_batches(encoded, batch_size=args.batch, rng=random.Random(args.seed),
@@ -219,7 +219,8 @@ def parse_ours(variant: str) -> dict:
 def run_ours(model_dir: Path, data: list[list[int]], args) -> dict:
     import torch
 
-    from edgelora.train import train_lora
+    from edgelora.testing.tiny import train_args
+    from edgelora.training.loop import train_lora
 
     clock = StepClock()
     tokens_per_step: list[int] = []
@@ -250,12 +251,7 @@ def run_ours(model_dir: Path, data: list[list[int]], args) -> dict:
 
     examples = [{"input_ids": ids, "labels": ids} for ids in data]
     out = Path(tempfile.mkdtemp()) / "adapter"
-    report = train_lora(base_dir=model_dir, train_examples=examples, eval_examples=[], out_dir=out,
-                        r=16, alpha=32, target_modules=TARGETS, learning_rate=2e-4, **parse_ours(args.variant),
-                        max_steps=args.steps + (3 if args.profile else 0), batch_size=args.batch, grad_accum=1,
-                        warmup_ratio=0.05, max_length=args.seq, seed=args.seed, eval_every=10**9,
-                        packing=args.data == "varlen", device="cuda", quantization="nf4", dtype="bfloat16",
-                        progress=progress)
+    report = train_lora(base_dir=model_dir, train_examples=examples, eval_examples=[], out_dir=out, max_length=args.seq, progress=progress, **train_args(parse_ours(args.variant), r=16, alpha=32, target_modules=TARGETS, learning_rate=2e-4, max_steps=args.steps + (3 if args.profile else 0), batch_size=args.batch, grad_accum=1, warmup_ratio=0.05, seed=args.seed, eval_every=10**9, packing=args.data == "varlen", device="cuda", quantization="nf4", dtype="bfloat16"))
     return {"times": clock.times, "losses": clock.losses, "tokens_per_step": tokens_per_step,
             "peak_bytes": report["peak_gpu_memory_bytes"], "kernels": report["kernels"],
             "splits": report["micro_batch_splits"], "recomputed_layers": report["recomputed_layers"],

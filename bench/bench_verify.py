@@ -50,10 +50,10 @@ def _wchar() -> int:
 
 
 def demo_bundle(work: Path) -> tuple[dict, str]:
-    from edgelora.bundle import write_bundle
-    from edgelora.probes import record_probes
-    from edgelora.signing import generate_keypair
-    from edgelora.sources import embedded_gguf_path
+    from edgelora.bundle.layout import write_bundle
+    from edgelora.bundle.probes import record_probes
+    from edgelora.bundle.signing import generate_keypair
+    from edgelora.sources.fetch import embedded_gguf_path
 
     gguf = embedded_gguf_path("smollm2-135m-instruct")
     keys = generate_keypair(work / "keys" / "bench.key")
@@ -68,7 +68,7 @@ def demo_bundle(work: Path) -> tuple[dict, str]:
 
 
 def time_verify(path, trust, runs: int = 2) -> dict:
-    from edgelora.verify import verify_bundle
+    from edgelora.host.verify import verify_bundle
 
     best, report = None, None
     for _ in range(runs):
@@ -81,7 +81,7 @@ def time_verify(path, trust, runs: int = 2) -> dict:
 
 
 def hash_throughput(path: Path, size: int) -> dict:
-    from edgelora.hashing import sha256_fd
+    from edgelora.util.hashing import sha256_fd
 
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -100,7 +100,7 @@ def hash_throughput(path: Path, size: int) -> dict:
 
 
 def install_copies(bundle: dict, work: Path) -> dict:
-    from edgelora.install import install_bundle
+    from edgelora.host.install import install_bundle
 
     gguf_size = next(e["size"] for e in bundle["manifest"]["files"] if e["path"].endswith(".gguf"))
     out = {}

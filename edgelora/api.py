@@ -6,18 +6,18 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Iterable
 
-from . import artifacts as A
-from . import config as config_mod
-from .context import Context
-from .errors import ConfigError, EdgeloraError, PlanError
-from .fsutil import atomic_write_text
-from .resources import templates_dir
+from edgelora import artifacts as A
+from edgelora import config as config_mod
+from edgelora.context import Context
+from edgelora.errors import ConfigError, EdgeloraError, PlanError
+from edgelora.util.files import atomic_write_text
+from edgelora.util.resources import templates_dir
 
 BUILD_TARGET = "verify"
 
 
 def _context(project_dir, *, log=print, console=None, third_party=True, extra_plugins=(), options=None):
-    from . import plugins
+    from edgelora import plugins
 
     cfg = config_mod.load(project_dir)
     loaded = plugins.load(third_party=third_party, extra=list(extra_plugins))
@@ -53,10 +53,10 @@ def init_project(project_dir: str | Path, *, name: str | None = None, force: boo
 
 def plan(project_dir: str | Path, *, log=print, extra_plugins=()) -> dict:
     """Check config, dataset, base model, architecture, tokenizer and targets; every problem at once."""
-    from .plan import collect_problems
+    from edgelora.pipeline.plan import collect_problems
 
     cfg = config_mod.load(project_dir)
-    from . import plugins
+    from edgelora import plugins
 
     loaded = plugins.load(extra=list(extra_plugins))
     ctx = Context(config=cfg, project_dir=Path(project_dir).resolve(), registry=loaded.registry, log=log)
@@ -77,7 +77,7 @@ def plan(project_dir: str | Path, *, log=print, extra_plugins=()) -> dict:
 def run_stages(project_dir, targets: Iterable[str] | None = None, *, force: Iterable[str] = (),
                log=print, console=None, extra_plugins=(), options=None) -> Context:
     """Run the named stages and what they require (all stages when ``targets`` is None)."""
-    from .runner import order_stages, run, select
+    from edgelora.pipeline.runner import order_stages, run, select
 
     ctx, loaded = _context(project_dir, log=log, console=console, extra_plugins=extra_plugins, options=options)
     stages = order_stages(loaded.registry.stages.values())
@@ -100,16 +100,40 @@ def build(project_dir, *, force: Iterable[str] = (), log=print, console=None, ex
             "verify_ok": (ctx.artifacts.get(A.VERIFY_REPORT) or {}).get("ok")}
 
 
-def evaluate(project_dir, *, models: Iterable[str] = (), sets: Iterable[str] | None = None, log=print) -> dict:
+def evaluate(project_dir, *, models: Iterable[str] = (), sets: Iterable[str] | None = None, log=print,
+             out_dir=None) -> dict:
     """Score eval sets on models of the project: "base", "adapter", "gguf:QUANT" or a .gguf path
     (default: the base and every shipped quantization); writes eval.json and eval.md."""
-    from .evaluation.stage import evaluate_project
+    from edgelora.evaluation.gates import check_gates
+    from edgelora.evaluation.project import check_set_names, model_stages, resolve_models, wants_dataset
+    from edgelora.evaluation.runner import evaluate_models
+    from edgelora.evaluation.sets import build_sets
+    from edgelora.evaluation.stage import write_reports
 
-    return evaluate_project(project_dir, models=list(models), sets=list(sets) if sets else None, log=log)
+    cfg = config_mod.load(project_dir)
+    specs = list(models) or ["base", "gguf:*"]
+    sets = list(sets) if sets else None
+    stages = model_stages(cfg, specs)  # a wrong --model or --set fails before any stage runs
+    check_set_names(cfg, sets)
+    if wants_dataset(cfg, sets):
+        stages.add("prepare-data")
+    if stages:
+        ctx = run_stages(project_dir, sorted(stages), log=log)
+    else:
+        ctx, _ = _context(project_dir, log=log)
+    chosen = build_sets(cfg, ctx.artifacts.get(A.DATASET), only=sets)
+    if not chosen:
+        raise ConfigError("edgelora.toml: [eval] no eval sets to run (held-out off, no probes, no regression set)")
+    model_paths, base_label = resolve_models(ctx, specs)
+    report = evaluate_models(model_paths, chosen, base_model=base_label, log=log)
+    report["gates"] = check_gates(report, [g for g in cfg.eval.gates if g.get("set") in report["sets"]])
+    out = Path(out_dir) if out_dir else ctx.stage_dir("eval-cli")
+    report["files"] = write_reports(report, out)
+    return report
 
 
 def fetch(project_dir, *, log=print) -> dict:
-    from .default_plugins.stages_prepare import fetch_base
+    from edgelora.sources.stage import fetch_base
 
     ctx, _ = _context(project_dir, log=log)
     return fetch_base(ctx, download=True)[A.BASE]
@@ -118,22 +142,22 @@ def fetch(project_dir, *, log=print) -> dict:
 # -- toolbox commands ------------------------------------------------------------
 
 def merge(base_dir, adapter_dir, out_dir) -> dict:
-    from .merge import MergedView
-    from .merge_check import materialize
+    from edgelora.merge.view import MergedView
+    from edgelora.merge.alpha_check import materialize
 
     with MergedView(base_dir, adapter_dir) as view:
         return materialize(view, out_dir)
 
 
 def convert(model_dir, out_path, *, adapter_dir=None, outtype="f16", validate=True) -> dict:
-    from . import plugins
-    from .gguf.convert import convert as convert_gguf
+    from edgelora import plugins
+    from edgelora.gguf.convert import convert as convert_gguf
 
     registry = plugins.load().registry
     report = convert_gguf(model_dir, out_path, adapter_dir=adapter_dir, outtype=outtype,
                           architectures=registry.architectures)
     if validate:
-        from .gguf.validate import validate as validate_gguf
+        from edgelora.gguf.validate import validate as validate_gguf
 
         report = {"convert": report, "validation": validate_gguf(out_path, model_dir, adapter_dir=adapter_dir)}
     return report
@@ -145,10 +169,10 @@ def convert_adapter(model_dir, adapter_dir, out_path, *, outtype="f16", validate
     PEFT-attached model through ``base_gguf`` (converted to a temporary file when not given)."""
     import tempfile
 
-    from . import plugins
-    from .errors import FidelityError
-    from .gguf.adapter import compare_sidecar, convert_adapter as convert_sidecar
-    from .gguf.convert import convert as convert_gguf
+    from edgelora import plugins
+    from edgelora.errors import FidelityError
+    from edgelora.gguf.adapter import compare_sidecar, convert_adapter as convert_sidecar
+    from edgelora.gguf.convert import convert as convert_gguf
 
     registry = plugins.load().registry
     report = convert_sidecar(model_dir, adapter_dir, out_path, outtype=outtype,
@@ -167,22 +191,22 @@ def convert_adapter(model_dir, adapter_dir, out_path, *, outtype="f16", validate
 
 
 def quantize(in_path, out_path, qtype: str, *, imatrix_path=None) -> dict:
-    from .quantize import quantize as quantize_gguf
+    from edgelora.quantize.llama_quantize import quantize as quantize_gguf
 
     imatrix = None
     if imatrix_path is not None:
-        from .imatrix import read_imatrix
+        from edgelora.quantize.imatrix import read_imatrix
 
         imatrix = read_imatrix(imatrix_path)  # GGUF imatrix or legacy .dat, as llama-quantize reads
     return quantize_gguf(in_path, out_path, qtype, imatrix=imatrix)
 
 
 def verify(bundle_path, *, run_probes: bool = True, allow_plugins: bool = False, trust=None) -> dict:
-    from .verify import verify_bundle
+    from edgelora.host.verify import verify_bundle
 
     report = verify_bundle(bundle_path, run_probes=run_probes, trust=trust)
     if allow_plugins:
-        from . import plugins
+        from edgelora import plugins
 
         loaded = plugins.load()
         manifest = report.get("manifest") or {}
@@ -196,7 +220,7 @@ def verify(bundle_path, *, run_probes: bool = True, allow_plugins: bool = False,
 
 def keygen(private_path) -> dict:
     """Ed25519 key pair for signing bundles: PRIVATE (0600) and PRIVATE.pub."""
-    from .signing import generate_keypair
+    from edgelora.bundle.signing import generate_keypair
 
     return generate_keypair(private_path)
 
@@ -204,26 +228,26 @@ def keygen(private_path) -> dict:
 def install(bundle_path, *, name=None, store=None, allow_downgrade=False, trust=None, run_probes=True,
             lock_timeout=60.0, log=print) -> dict:
     """Verify a bundle, then install it into Ollama (``ollama create`` or the model store)."""
-    from .install import install_bundle
+    from edgelora.host.install import install_bundle
 
     return install_bundle(bundle_path, name=name, store=store, allow_downgrade=allow_downgrade, trust=trust,
                           run_probes=run_probes, lock_timeout=lock_timeout, log=log)
 
 
 def list_installed(*, store=None) -> list[dict]:
-    from .install import list_installed as _list
+    from edgelora.host.install import list_installed as _list
 
     return _list(store)
 
 
 def uninstall(model: str, *, store=None, log=print) -> list[str]:
-    from .install import uninstall as _uninstall
+    from edgelora.host.install import uninstall as _uninstall
 
     return _uninstall(model, store, log=log)
 
 
 def list_plugins() -> dict:
-    from . import plugins
+    from edgelora import plugins
 
     loaded = plugins.load()
     return {"plugins": [i.as_dict() for i in loaded.info], "registered": loaded.registry.listing(),

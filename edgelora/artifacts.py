@@ -9,6 +9,7 @@ GGUF = "gguf"                    # path to the fine-tune at export.outtype
 CONVERT_REPORT = "convert_report"
 BASE_GGUF = "base_gguf"          # path to the untouched base at export.outtype (for before/after)
 QUANTIZED = "quantized"          # {QUANT_TYPE: path}
+BASE_QUANTIZED = "base_quantized"  # {QUANT_TYPE: path} of the untouched base, for the before/after score
 QUANT_REPORT = "quant_report"
 EVAL_SETS = "eval_sets"          # {set name: absolute path of its JSONL}
 EVAL_REPORT = "eval_report"      # compact scores per set/model/metric, gates, {"files": eval.json, eval.md}

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from . import __version__
-from .errors import EdgeloraError, PlanError
+from edgelora import __version__
+from edgelora.errors import EdgeloraError, PlanError
 
 
 def _console():
@@ -76,7 +76,7 @@ def cli(debug):
 @handle_errors
 def init(directory, name, force):
     """Scaffold a project: edgelora.toml (every field documented) and data/."""
-    from . import api
+    from edgelora import api
 
     path = api.init_project(directory, name=name, force=force)
     click.echo(f"wrote {path} and {directory / 'data'}/; next: edit it, then `edgelora plan {directory}`")
@@ -87,7 +87,7 @@ def init(directory, name, force):
 @handle_errors
 def plan(directory):
     """Check config, data, base model, architecture and targets; report every problem."""
-    from . import api
+    from edgelora import api
 
     summary = api.plan(directory, log=lambda m: click.echo(m, err=True))
     for k, v in summary.items():
@@ -103,7 +103,7 @@ def plan(directory):
 @handle_errors
 def build(directory, force, no_gate):
     """fetch-base → train → merge → convert → quantize → evaluate → gate → modelfile → bundle → verify."""
-    from . import api
+    from edgelora import api
 
     console = _console()
     api.plan(directory, log=console.print)
@@ -121,8 +121,8 @@ def build(directory, force, no_gate):
 
 
 def _print_quant_quality(result: dict) -> None:
-    from .default_plugins.stages_quantize import task_scores
-    from .quant_quality import render_markdown
+    from edgelora.quantize.stage import task_scores
+    from edgelora.quantize.quality import render_markdown
 
     report = result.get("quant_quality") or {}
     if report.get("results"):
@@ -130,7 +130,7 @@ def _print_quant_quality(result: dict) -> None:
 
 
 def _print_scores(report: dict) -> None:
-    from .evaluation.runner import headline
+    from edgelora.evaluation.runner import headline
 
     rows = headline(report)
     if not rows:
@@ -158,7 +158,7 @@ def _print_scores(report: dict) -> None:
 @handle_errors
 def eval_command(directory, models, sets, as_json):
     """Score eval sets on the project's models through llama-cpp-python (greedy)."""
-    from . import api
+    from edgelora import api
 
     console = _console()
     report = api.evaluate(directory, models=models, sets=sets or None, log=console.print)
@@ -173,7 +173,7 @@ def eval_command(directory, models, sets, as_json):
 @handle_errors
 def fetch(directory):
     """Fetch the pinned base (the only command that may use the network) and pin it in edgelora.lock."""
-    from . import api
+    from edgelora import api
 
     base = api.fetch(directory)
     click.echo(f"base: {base['path']} ({len(base['files'])} files, revision {base['revision']})")
@@ -184,7 +184,7 @@ def _stage_command(name: str, stage: str, doc: str):
     @click.option("--force", is_flag=True, help="Re-run even if inputs are unchanged.")
     @handle_errors
     def command(directory, force):
-        from . import api
+        from edgelora import api
 
         console = _console()
         ctx = api.run_stages(directory, [stage], force=[stage] if force else [], log=console.print,
@@ -211,7 +211,7 @@ def train(directory, force, resume):
 
     Under `accelerate launch` (or torchrun) it trains data-parallel on several GPUs.
     """
-    from . import api
+    from edgelora import api
 
     console = _console()
     ctx = api.run_stages(directory, ["train"], force=["train"] if (force or resume) else [], log=console.print,
@@ -231,7 +231,7 @@ _stage_command("modelfile", "modelfile", "Render the project's Ollama Modelfile 
 @handle_errors
 def merge(base, adapter, output):
     """Merge a PEFT LoRA ADAPTER into BASE and write merged safetensors to -o DIR."""
-    from . import api
+    from edgelora import api
 
     report = api.merge(base, adapter, output)
     click.echo(json.dumps(report, indent=2, default=str))
@@ -251,7 +251,7 @@ def merge(base, adapter, output):
 @handle_errors
 def convert(model_dir, output, adapter, outtype, no_validate, adapter_only, base_gguf):
     """Convert an HF model directory (optionally + adapter) to GGUF, checked against HF logits."""
-    from . import api
+    from edgelora import api
 
     if adapter_only or base_gguf:
         if adapter is None or not adapter_only:
@@ -272,7 +272,7 @@ def convert(model_dir, output, adapter, outtype, no_validate, adapter_only, base
 @handle_errors
 def quantize(input_gguf, qtype, output, imatrix_path):
     """Quantize a GGUF with llama.cpp's own quantizer."""
-    from . import api
+    from edgelora import api
 
     report = api.quantize(input_gguf, output, qtype, imatrix_path=imatrix_path)
     click.echo(json.dumps(report, indent=2, default=str))
@@ -292,8 +292,8 @@ _trust_option = click.option(
 @handle_errors
 def verify(bundle, as_json, no_probes, allow_plugins, trust):
     """Verify a bundle (directory or .tar): signature, checksums, GGUF header and load, recorded probes."""
-    from . import api
-    from .verify import format_report
+    from edgelora import api
+    from edgelora.host.verify import format_report
 
     report = api.verify(bundle, run_probes=not no_probes, allow_plugins=allow_plugins, trust=trust)
     if as_json:
@@ -308,7 +308,7 @@ def verify(bundle, as_json, no_probes, allow_plugins, trust):
 @handle_errors
 def keygen(key):
     """Make an Ed25519 key pair: KEY (private, mode 0600) and KEY.pub; never overwrites."""
-    from . import api
+    from edgelora import api
 
     out = api.keygen(key)
     click.echo(f"private key: {out['private']} (mode 0600; set [bundle] signing_key to it)\n"
@@ -330,7 +330,7 @@ def keygen(key):
 @handle_errors
 def install(bundle, name, store, allow_downgrade, no_probes, lock_timeout, trust):
     """Verify BUNDLE (folder or .tar), then install it into Ollama atomically."""
-    from . import api
+    from edgelora import api
 
     result = api.install(bundle, name=name, store=store, allow_downgrade=allow_downgrade, trust=trust,
                          run_probes=not no_probes, lock_timeout=lock_timeout,
@@ -344,7 +344,7 @@ def install(bundle, name, store, allow_downgrade, no_probes, lock_timeout, trust
 @handle_errors
 def list_command(store, as_json):
     """Models edgelora installed, with their bundle version."""
-    from . import api
+    from edgelora import api
 
     rows = api.list_installed(store=store)
     if as_json:
@@ -363,7 +363,7 @@ def list_command(store, as_json):
 @handle_errors
 def uninstall(model, store):
     """Remove NAME[:TAG] that edgelora installed; blobs other models use are kept."""
-    from . import api
+    from edgelora import api
 
     for key in api.uninstall(model, store=store, log=lambda m: None):
         click.echo(f"uninstalled {key}")
@@ -374,7 +374,7 @@ def uninstall(model, store):
 @handle_errors
 def plugins_command(as_json):
     """List every registered stage, source, architecture and target, with its plugin."""
-    from . import api
+    from edgelora import api
 
     info = api.list_plugins()
     if as_json:
@@ -393,7 +393,7 @@ def plugins_command(as_json):
 
 def _add_plugin_commands():
     try:
-        from . import plugins
+        from edgelora import plugins
 
         plugins.load().pm.hook.edgelora_register_commands(cli=cli)
     except Exception as e:  # a broken plugin never breaks the built-in commands

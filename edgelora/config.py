@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_origin, get_type_hints
 
-from .errors import ConfigError
+from edgelora.errors import ConfigError
 
 CONFIG_NAME = "edgelora.toml"
 
@@ -32,7 +32,7 @@ class ProjectConfig:
 
 @dataclass(frozen=True)
 class BaseConfig:
-    source: str = _f("embedded", "Where the base model comes from: 'embedded', 'local', 'hf' or 'gguf'.")
+    source: str = _f("embedded", "Where the base model comes from: a registered source, built in 'embedded', 'local', 'hf', 'gguf' (`edgelora plugins` lists all).")
     name: str = _f("smollm2-135m-instruct", "For source='embedded': which embedded model.")
     path: str = _f("", "For source='local' (a directory) or 'gguf' (a .gguf file): path, relative to the project.")
     repo: str = _f("", "For source='hf': the Hugging Face repo id, e.g. 'HuggingFaceTB/SmolLM2-135M-Instruct'.")
@@ -75,6 +75,8 @@ class TrainConfig:
     seed: int = _f(0, "Training seed.")
     device: str = _f("auto", "'auto' (CUDA if present), 'cuda' or 'cpu'.")
     quantization: str = _f("auto", "'auto' (NF4 QLoRA on CUDA, none on CPU), 'nf4' or 'none'.")
+    dtype: str = _f("auto", "Compute dtype: 'auto' (bf16 on CUDA and on CPUs with fast bf16, else float32), 'bfloat16' or 'float32'.")
+    lean_nf4: bool = _f(True, "CUDA QLoRA: NF4 weights through a leaner dequantize-and-matmul than bitsandbytes' (same values, less overhead).")
 
 
 @dataclass(frozen=True)
@@ -165,7 +167,6 @@ class Config:
 
 SECTIONS = [f.name for f in dataclasses.fields(Config) if f.name != "root"]
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-HEX40 = re.compile(r"^[0-9a-f]{40}$")
 
 
 def _coerce(section: str, key: str, value: Any, typ) -> Any:
@@ -237,16 +238,7 @@ def problems(cfg: Config) -> list[str]:
         out.append(f"{w}: [project] name {cfg.project.name!r} must match {NAME_RE.pattern}")
     if not re.match(r"^\d+\.\d+\.\d+([.+-][0-9A-Za-z.-]+)?$", cfg.project.version):
         out.append(f"{w}: [project] version {cfg.project.version!r} is not a semantic version like 1.2.3")
-    b = cfg.base
-    if b.source not in ("embedded", "local", "hf", "gguf"):
-        out.append(f"{w}: [base] source {b.source!r} must be embedded, local, hf or gguf")
-    if b.source in ("local", "gguf") and not b.path:
-        out.append(f"{w}: [base] path is required for source={b.source!r}")
-    if b.source == "hf":
-        if not b.repo:
-            out.append(f"{w}: [base] repo is required for source='hf'")
-        if not HEX40.match(b.revision):
-            out.append(f"{w}: [base] revision {b.revision!r} must be a 40-hex commit, not a branch or tag")
+    # [base] fields are checked by the registered source (plan: Source.check)
     t = cfg.train
     if t.r <= 0 or t.alpha <= 0:
         out.append(f"{w}: [train] r and alpha must be positive")
@@ -287,8 +279,8 @@ def problems(cfg: Config) -> list[str]:
         out.append(f"{w}: [export] targets must be a list of target names")
     if not cfg.export.target_timeout_s > 0:
         out.append(f"{w}: [export] target_timeout_s must be positive")
-    from .evaluation.sets import config_problems as eval_problems
-    from .data_guards import mix_problems
+    from edgelora.evaluation.sets import config_problems as eval_problems
+    from edgelora.data.guards import mix_problems
 
     out.extend(eval_problems(cfg))
     out.extend(mix_problems(cfg.data.mix))

@@ -8,9 +8,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
-from .config import Config
-from .errors import EdgeloraError
-from .registry import Registry
+from edgelora.config import Config
+from edgelora.errors import EdgeloraError
+from edgelora.registry import Registry
 
 
 def _print(msg: str) -> None:

@@ -38,9 +38,9 @@ import pluggy
 if TYPE_CHECKING:  # pragma: no cover
     import click
 
-    from .context import Context
-    from .gguf.architectures import Architecture
-    from .registry import Source, Stage, Target
+    from edgelora.context import Context
+    from edgelora.gguf.architectures import Architecture
+    from edgelora.registry import Source, Stage, Target
 
 hookspec = pluggy.HookspecMarker("edgelora")
 hookimpl = pluggy.HookimplMarker("edgelora")

@@ -29,9 +29,9 @@ from typing import Any
 
 import pluggy
 
-from . import hookspecs
-from .errors import PluginError
-from .registry import Registry
+from edgelora import hookspecs
+from edgelora.errors import PluginError
+from edgelora.registry import Registry
 
 GROUP = "edgelora"
 MODULES_ENV = "EDGELORA_PLUGIN_MODULES"
@@ -79,7 +79,7 @@ def _env_list(name: str) -> set[str] | None:
 
 
 def _edgelora_version() -> str:
-    from . import __version__
+    from edgelora import __version__
 
     return __version__
 

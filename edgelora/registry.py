@@ -40,6 +40,13 @@ class Source:
     name: str
     fetch: Callable[..., dict[str, Any]]
     description: str = ""
+    check: Callable[..., list[str]] | None = None
+    """Optional ``check(base_config, project_dir) -> [problem]``: the ``[base]`` fields this
+    source needs, checked by ``plan`` (one line each, naming the field)."""
+    locate: Callable[..., Any] | None = None
+    """Optional ``locate(base_config, project_dir) -> Path | None``: what ``plan`` can inspect
+    without fetching — a model folder (config.json, tokenizer) or a ``.gguf`` file (its header);
+    None: nothing until ``edgelora fetch``/``build`` ran."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +59,7 @@ class Target:
     (``[export] target_timeout_s``), so it must be a module-level function; the
     context it gets holds the config, ``project_dir``, the artifacts so far and
     ``log``. Writing anywhere but ``staging_dir`` fails the target
-    (see :mod:`edgelora.target_runner`).
+    (see :mod:`edgelora.bundle.targets`).
 
     ``install(bundle_dir: Path, root: Path) -> dict`` (optional) installs a verified
     bundle's files for this target under ``root`` (``/`` on a real host, a scratch

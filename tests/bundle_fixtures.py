@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from edgelora.bundle import write_bundle
+from edgelora.bundle.layout import write_bundle
 
 MODELFILE = '''# Written by edgelora. Install on this host with: ollama create NAME -f Modelfile
 FROM ./{gguf}
@@ -90,3 +90,18 @@ def assert_store_consistent(store: Path) -> dict:
     staging = store / "edgelora" / "staging"
     assert not staging.exists() or not list(staging.iterdir()), list(staging.iterdir())
     return state
+
+
+def make_tiny_gguf(path: Path) -> Path:
+    import numpy as np
+    from gguf import GGUFWriter
+
+    w = GGUFWriter(str(path), "llama")
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.arange(64, dtype=np.float32).reshape(8, 8))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+

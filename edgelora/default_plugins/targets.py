@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import artifacts as A
-from ..hookspecs import hookimpl
-from ..registry import Target
+from edgelora import artifacts as A
+from edgelora.hookspecs import hookimpl
+from edgelora.registry import Target
 
 
 def _export_ollama(ctx, staging: Path) -> dict[str, Path]:

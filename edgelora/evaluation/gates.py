@@ -9,8 +9,8 @@ same set, in absolute points of the [0, 1] scale (0.05 = five percentage points)
 
 from __future__ import annotations
 
-from ..errors import GateError
-from .metrics import METRICS
+from edgelora.errors import GateError
+from edgelora.evaluation.metrics import METRICS
 
 GATE_KEYS = {"set", "metric", "min", "max_drop_vs_base"}
 __all__ = ["GateError", "check_gates", "enforce", "gate_problems", "gate_summary"]

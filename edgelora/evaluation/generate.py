@@ -1,6 +1,6 @@
 """Greedy answers of a GGUF to many prompts, fast and deterministic, through llama-cpp-python.
 
-One model is loaded once per GGUF (edgelora.llama_runtime: portable CPU kernels). Prompts
+One model is loaded once per GGUF (edgelora.runtime.llama: portable CPU kernels). Prompts
 are rendered with the chat template embedded in the GGUF, tokenized, sorted by token ids so
 that neighbours share their longest prefix, and decoded ``parallel`` at a time as separate
 sequences of one llama.cpp batch: the shared prefix (the system prompt, usually) is evaluated
@@ -74,7 +74,7 @@ class Generator:
     """Batched greedy decoding on one loaded GGUF. Use as a context manager."""
 
     def __init__(self, gguf_path, *, parallel: int = DEFAULT_PARALLEL, n_threads=None):
-        from ..llama_runtime import open_llama
+        from edgelora.runtime.llama import open_llama
 
         self.parallel = max(1, parallel)
         # The Llama object gives the model, vocabulary and tokenizer; decoding runs on a second
@@ -130,7 +130,7 @@ class Generator:
     # -- prompts
 
     def encode(self, messages: list[dict]) -> tuple[str, list[int]]:
-        from ..probes import render_prompt, tokenize_prompt
+        from edgelora.runtime.llama import render_prompt, tokenize_prompt
 
         prompt = render_prompt(self.llm, messages)
         return prompt, tokenize_prompt(self.llm, prompt)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .runner import headline
+from edgelora.evaluation.runner import headline
 
 _MAX_SHOWN = 160
 

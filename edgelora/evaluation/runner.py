@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .generate import DEFAULT_PARALLEL, Request, generate
-from .metrics import METRICS, early_stop_check, leaked_special, parse_json_object
-from .sets import EvalSet
+from edgelora.evaluation.generate import DEFAULT_PARALLEL, Request, generate
+from edgelora.evaluation.metrics import METRICS, early_stop_check, leaked_special, parse_json_object
+from edgelora.evaluation.sets import EvalSet
 
 SCHEMA = 1
 N_EXAMPLES = 3

@@ -20,9 +20,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ConfigError, DataError
-from ..fsutil import jsonl_records
-from .metrics import METRICS
+from edgelora.errors import ConfigError, DataError
+from edgelora.util.files import jsonl_records, read_jsonl
+from edgelora.evaluation.metrics import METRICS
 
 REGRESSION_NAME = "regression"
 BUILTIN_REGRESSION = Path(__file__).with_name("regression.jsonl")
@@ -193,7 +193,7 @@ def config_problems(cfg) -> list[str]:
         mt = spec.get("max_tokens", ev.max_tokens)
         if isinstance(mt, bool) or not isinstance(mt, int) or mt <= 0:
             out.append(f"{where} max_tokens must be a positive integer")
-    from .gates import gate_problems
+    from edgelora.evaluation.gates import gate_problems
 
     out.extend(gate_problems(ev, names))
     return out
@@ -204,8 +204,6 @@ def build_sets(cfg, dataset: dict | None, only: list[str] | None = None) -> list
 
     ``dataset`` is the prepare-data artifact (held-out and probe files as split by the seed).
     """
-    from ..default_plugins.stages_prepare import read_jsonl
-
     ev = cfg.eval
     problems = config_problems(cfg)
     if problems:

@@ -25,9 +25,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..errors import ConversionError
-from ..fsutil import atomic_path
-from .architectures import find_architecture
+from edgelora.errors import ConversionError
+from edgelora.util.files import atomic_path
+from edgelora.gguf.architectures import find_architecture
+from edgelora.gguf.builtin import builtin_architectures
 
 SIDECAR_OUTTYPES = ("f32", "f16", "bf16")
 
@@ -79,7 +80,7 @@ def _check_row_wise(arch, gguf_name: str, b, config: dict):
 
 def plan_sidecar(view, arch, config: dict) -> list[tuple[str, str, float]]:
     """[(gguf base name, HF name, lora_b factor)] in file order; refuses what a sidecar cannot carry."""
-    from .convert import _order_key
+    from edgelora.gguf.convert import tensor_order_key
 
     replaced = [n for n in view.merged_names() if view.lora_pair(n) is None]
     if replaced:
@@ -102,7 +103,7 @@ def plan_sidecar(view, arch, config: dict) -> list[tuple[str, str, float]]:
                                   f"{arch.gguf_arch} GGUF")
         # llama.cpp applies alpha_file / r to this tensor; PEFT applies pair.scale.
         rows.append((gguf_name, hf_name, pair.scale * pair.r / alpha))
-    rows.sort(key=lambda row: _order_key(row[0]))
+    rows.sort(key=lambda row: tensor_order_key(row[0]))
     return rows
 
 
@@ -117,7 +118,7 @@ def convert_adapter(model_dir, adapter_dir, out_path, *, outtype: str = "f32",
     import gguf
     import numpy as np
 
-    from ..merge import MergedView
+    from edgelora.merge.view import MergedView
 
     outtype = outtype.lower()
     if outtype not in SIDECAR_OUTTYPES:
@@ -132,7 +133,7 @@ def convert_adapter(model_dir, adapter_dir, out_path, *, outtype: str = "f32",
     itemsize = 4 if outtype == "f32" else 2
 
     with MergedView(model_dir, adapter_dir) as view:
-        arch = find_architecture(view.config, architectures)
+        arch = find_architecture(view.config, architectures or builtin_architectures())
         text_config = getattr(arch, "text_config", None)  # nested configs (Gemma 3) name their text part
         config = text_config(view.config) if text_config else view.config
         rows = plan_sidecar(view, arch, config)
@@ -189,7 +190,7 @@ def convert_adapter(model_dir, adapter_dir, out_path, *, outtype: str = "f32",
 def compare_sidecar(base_gguf, adapter_gguf, model_dir, adapter_dir, *, prompts=None, n_tokens: int = 64,
                     tokenizer_dir=None) -> dict:
     """Base GGUF + sidecar in llama.cpp vs the PEFT adapter-attached HF model (float32)."""
-    from .validate import compare_logits
+    from edgelora.gguf.validate import compare_logits
 
     return compare_logits(base_gguf, model_dir, adapter_dir, prompts=prompts, n_tokens=n_tokens,
                           tokenizer_dir=tokenizer_dir, lora_path=str(adapter_gguf))

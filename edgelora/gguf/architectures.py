@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..errors import UnsupportedArchitecture
+from edgelora.errors import UnsupportedArchitecture
 
 
 def _no_extra(config: dict) -> list:
@@ -54,10 +54,9 @@ class Architecture:
     description: str = ""
 
 
-def find_architecture(config: dict, registry: "dict[str, Architecture] | None" = None) -> Architecture:
-    """The registered entry whose ``hf_architectures`` names one of config.json's ``architectures``."""
-    if registry is None:
-        registry = builtin_architectures()
+def find_architecture(config: dict, registry: "dict[str, Architecture]") -> Architecture:
+    """The registered entry whose ``hf_architectures`` names one of config.json's ``architectures``
+    (``registry``: the plugin registry's architectures, or :func:`edgelora.gguf.builtin.builtin_architectures`)."""
     wanted = config.get("architectures") or []
     for arch in registry.values():
         if any(a in arch.hf_architectures for a in wanted):
@@ -65,13 +64,6 @@ def find_architecture(config: dict, registry: "dict[str, Architecture] | None" =
     known = sorted(a for arch in registry.values() for a in arch.hf_architectures)
     raise UnsupportedArchitecture(
         f"config.json: architectures {wanted} not supported for GGUF export (known: {', '.join(known)})")
-
-
-def builtin_architectures() -> "dict[str, Architecture]":
-    """The entries edgelora ships (what the default plugin registers), by name."""
-    from .families import GEMMA2, GEMMA3, PHI3, QWEN2, QWEN3
-
-    return {a.name: a for a in (LLAMA, QWEN2, QWEN3, GEMMA2, GEMMA3, PHI3)}
 
 
 # -- shared helpers ---------------------------------------------------------------
@@ -249,7 +241,7 @@ def permute_rotary(arr, n_head: int):
 
 # -- llama ------------------------------------------------------------------------
 
-_LLAMA_PARTS = {
+LLAMA_PARTS = {
     "input_layernorm": "attn_norm",
     "post_attention_layernorm": "ffn_norm",
     "self_attn.q_proj": "attn_q",
@@ -260,7 +252,7 @@ _LLAMA_PARTS = {
     "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down",
 }
-llama_map_name = NameMap(_LLAMA_PARTS)
+llama_map_name = NameMap(LLAMA_PARTS)
 
 
 def llama_transform(gguf_name: str, arr, config: dict):
@@ -274,7 +266,7 @@ def llama_transform(gguf_name: str, arr, config: dict):
 
 def llama_expected_tensors(config: dict) -> set:
     names = top_tensor_names(config) | layer_tensor_names(
-        config, tuple(_LLAMA_PARTS.values()),
+        config, tuple(LLAMA_PARTS.values()),
         (("attn_q", "attn_k", "attn_v", "attn_output") if config.get("attention_bias") else ())
         + (("ffn_gate", "ffn_up", "ffn_down") if config.get("mlp_bias") else ()))
     if rope_settings(config)["rope_type"] == "llama3":

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..errors import ConversionError
-from ..fsutil import atomic_path
-from .architectures import Architecture, find_architecture
-from .fused_merge import CHUNK_ELEMENTS
-from .streaming import BackgroundTensorWriter, TensorDataWriter
+from edgelora.errors import ConversionError
+from edgelora.util.files import atomic_path
+from edgelora.gguf.architectures import Architecture, find_architecture
+from edgelora.gguf.builtin import builtin_architectures
+from edgelora.gguf.fused_merge import CHUNK_ELEMENTS
+from edgelora.gguf.streaming import BackgroundTensorWriter, TensorDataWriter
 
 OUTTYPES = ("f32", "f16", "bf16")
 
@@ -41,7 +42,7 @@ def _is_f32_tensor(gguf_name: str, shape) -> bool:
     return len(shape) <= 1 or gguf_name.endswith((".bias", "_norm.weight")) or gguf_name.startswith("rope_")
 
 
-def _order_key(name: str):
+def tensor_order_key(name: str):
     m = re.match(r"blk\.(\d+)\.(.*)", name)
     return (1, int(m.group(1)), m.group(2)) if m else (0 if name.startswith("token_embd") else 2, 0, name)
 
@@ -87,7 +88,7 @@ def plan_tensors(view, arch: Architecture, config: dict | None = None) -> tuple[
         # llama.cpp refuses files with tensors it does not create ("wrong number of tensors")
         raise ConversionError(f"{view.base_dir}: tensor(s) the {arch.gguf_arch} GGUF arch would reject: "
                               f"{', '.join(extra[:5])}")
-    planned.sort(key=lambda p: _order_key(p.gguf_name))
+    planned.sort(key=lambda p: tensor_order_key(p.gguf_name))
     return planned, skipped
 
 
@@ -127,7 +128,7 @@ def _lineage(writer, config: dict, adapter_config: dict | None, name: str, base_
                 getattr(writer, f"add_base_model_{key}")(0, str(base[key]))
 
 
-def _to_output(arr, keep_f32: bool, outtype: str, name: str, out=None):
+def to_output(arr, keep_f32: bool, outtype: str, name: str, out=None):
     """The array exactly as its bytes go to the file (BF16 as raw int16 bit patterns).
 
     ``out``: a flat 16-bit torch buffer of the output dtype to cast into instead of a new array."""
@@ -165,7 +166,7 @@ def _fused_output(view, arch, p: PlannedTensor, config: dict, outtype: str, out,
     that change values). ``out``/``raw_buf``: pooled buffers, or None for a fresh allocation."""
     import torch
 
-    from .fused_merge import NotRowOrder, merged_rows, row_order
+    from edgelora.gguf.fused_merge import NotRowOrder, merged_rows, row_order
 
     source = view.plain_source(p.hf_name)
     if source is None or len(p.shape) != 2 or work is None:
@@ -200,7 +201,7 @@ def _stream_in_blocks(view, arch, p: PlannedTensor, config: dict, block_numel: i
     the vocabulary. False (nothing written) where only the whole-tensor path applies."""
     import torch
 
-    from .fused_merge import NotRowOrder, merged_rows, row_order
+    from edgelora.gguf.fused_merge import NotRowOrder, merged_rows, row_order
 
     source = view.plain_source(p.hf_name)
     if source is None or len(p.shape) != 2 or work is None or not 0 < p.shape[1] <= block_numel:
@@ -249,8 +250,8 @@ def convert(model_dir, out_path, *, adapter_dir=None, outtype: str = "f16",
     import numpy as np
     import torch
 
-    from ..merge import MergedView
-    from .tokenizer import build_tokenizer_export, write_tokenizer
+    from edgelora.merge.view import MergedView
+    from edgelora.gguf.tokenizer import build_tokenizer_export, write_tokenizer
 
     outtype = outtype.lower()
     if outtype not in OUTTYPES:
@@ -262,7 +263,7 @@ def convert(model_dir, out_path, *, adapter_dir=None, outtype: str = "f16",
                  "bf16": gguf.LlamaFileType.MOSTLY_BF16}[outtype]
 
     with MergedView(model_dir, adapter_dir, base_filter=base_filter) as view:
-        arch = find_architecture(view.config, architectures)
+        arch = find_architecture(view.config, architectures or builtin_architectures())
         config = arch.text_config(view.config)
         planned, skipped = plan_tensors(view, arch, config)
         rows = next(p.shape[0] for p in planned if p.gguf_name == "token_embd.weight")
@@ -300,7 +301,7 @@ def convert(model_dir, out_path, *, adapter_dir=None, outtype: str = "f16",
                 # writer (on 2 cores: 1 compute thread, 35 % less CPU time, same or better wall time)
                 threads_before = torch.get_num_threads()
                 torch.set_num_threads(max(1, min(threads_before, _usable_cores() - 1)))
-                # One float32 buffer for every layer tensor (_to_output copies out of it before the
+                # One float32 buffer for every layer tensor (to_output copies out of it before the
                 # next read), and three 16-bit output buffers handed back by the writer thread once
                 # written (one being filled, one queued, one being written): no fresh allocations,
                 # so no page faults per tensor. The vocabulary tensors, the largest, allocate their own.
@@ -336,7 +337,7 @@ def convert(model_dir, out_path, *, adapter_dir=None, outtype: str = "f16",
                             if p.gguf_name in VOCAB_TENSORS:
                                 arr = arr[: p.shape[0]]
                             arr = arch.transform(p.gguf_name, arr, config)
-                        data = _to_output(arr, p.keep_f32, outtype, p.hf_name or p.gguf_name, buf)
+                        data = to_output(arr, p.keep_f32, outtype, p.hf_name or p.gguf_name, buf)
                     if tuple(data.shape) != p.shape:
                         raise ConversionError(f"{p.hf_name}: transform changed shape {p.shape} -> {data.shape}")
                     tensor_out.write(data, None if buf is None else partial(free.put, buf))

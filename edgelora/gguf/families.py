@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 
-from ..errors import UnsupportedArchitecture
-from .architectures import (_LLAMA_PARTS, Architecture, NameMap, check_activation, head_dim, layer_tensor_names,
+from edgelora.errors import UnsupportedArchitecture
+from edgelora.gguf.architectures import (LLAMA_PARTS, Architecture, NameMap, check_activation, head_dim, layer_tensor_names,
                             rope_settings, top_tensor_names, write_common_hparams,
                             write_rope_scaling)
 
 # llama's attention and MLP names; the families differ in their norms
-_ATTN_MLP = {k: v for k, v in _LLAMA_PARTS.items() if k != "post_attention_layernorm"}
+_ATTN_MLP = {k: v for k, v in LLAMA_PARTS.items() if k != "post_attention_layernorm"}
 
 
 def _unchanged(gguf_name: str, arr, config: dict):

@@ -1,6 +1,6 @@
 """One merged weight straight to its 16-bit GGUF bytes, in row chunks that stay in the CPU cache.
 
-The general path (``MergedView.get`` then ``_to_output``) runs over the whole tensor four times
+The general path (``MergedView.get`` then ``to_output``) runs over the whole tensor four times
 in float32: widen the stored bf16 weight, add ``s · B @ A``, narrow to F16, scan for overflow.
 For a 2-D weight that is the stored tensor plus at most a plain LoRA delta
 (:meth:`edgelora.merge.MergedView.plain_source`) the same arithmetic is done here a few hundred

@@ -12,7 +12,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConversionError
+from edgelora.errors import ConversionError
 
 # GGUF value type ids -> (name, struct format or None)
 _SCALARS = {0: ("UINT8", "<B"), 1: ("INT8", "<b"), 2: ("UINT16", "<H"), 3: ("INT16", "<h"),

@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import UnknownTokenizer
+from edgelora.errors import UnknownTokenizer
 
 # Byte-exact copy of the check string in llama.cpp's converter (get_vocab_base_pre).
 CHECK_TEXT = (
@@ -306,7 +306,7 @@ def _load(tokenizer_dir: Path, kind: str, config: dict | None = None):
     would load it unchanged (no ~3 s transformers import on the conversion's critical path),
     else transformers' AutoTokenizer."""
     if kind == "gpt2":
-        from .tokenizer_json import plain_tokenizer_json
+        from edgelora.gguf.tokenizer_json import plain_tokenizer_json
 
         tok = plain_tokenizer_json(tokenizer_dir, config)
         if tok is not None:

@@ -11,7 +11,8 @@ pre-tokenizer, untyped special tokens) loads fine and is only caught here.
 from __future__ import annotations
 
 
-from ..errors import FidelityError
+from edgelora.errors import FidelityError
+from edgelora.runtime.llama import open_llama
 
 TOKENIZER_TEXTS = (
     "Hello world! How are you today?",
@@ -33,7 +34,7 @@ def read_back(gguf_path) -> dict:
     """Ladder step 2: parse the written file and check what llama.cpp will read."""
     from gguf import GGMLQuantizationType
 
-    from .reader import read_metadata
+    from edgelora.gguf.reader import read_metadata
 
     meta = read_metadata(gguf_path)
     kv, types = meta.kv, meta.kv_types
@@ -86,14 +87,7 @@ def read_back(gguf_path) -> dict:
     }
 
 
-def load_llama(gguf_path, **kwargs):
-    """llama_cpp.Llama for checks: quiet, portable CPU kernels (see edgelora.llama_runtime)."""
-    from ..llama_runtime import open_llama
-
-    return open_llama(gguf_path, **kwargs)
-
-
-def _hf_tokenizer(tokenizer_dir):
+def hf_tokenizer(tokenizer_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
@@ -113,8 +107,8 @@ def _chat_text(tok) -> str | None:
 
 def check_tokenization(gguf_path, tokenizer_dir, texts=None) -> dict:
     """Ladder step 3: llama.cpp (vocab only) tokenizes like HF, with and without BOS/special parsing."""
-    tok = _hf_tokenizer(tokenizer_dir)
-    llm = load_llama(gguf_path, vocab_only=True)
+    tok = hf_tokenizer(tokenizer_dir)
+    llm = open_llama(gguf_path, vocab_only=True)
     texts = list(texts or TOKENIZER_TEXTS)
     chat = _chat_text(tok)
     if chat:
@@ -145,7 +139,7 @@ def check_tokenization(gguf_path, tokenizer_dir, texts=None) -> dict:
 
 
 def _sentencepiece_space_prefix(gguf_path) -> bool:
-    from .reader import read_metadata
+    from edgelora.gguf.reader import read_metadata
 
     kv = read_metadata(gguf_path).kv
     return kv.get("tokenizer.ggml.model") == "llama" and bool(kv.get("tokenizer.ggml.add_space_prefix", True))
@@ -157,11 +151,11 @@ def _hf_model(model_dir, adapter_dir, base_filter=None):
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, local_files_only=True)
     if base_filter is not None:  # the merge base the GGUF was built on (e.g. NF4 round trip)
-        from ..merge import MergedView
-        from ..merge_check import _load_view
+        from edgelora.merge.view import MergedView
+        from edgelora.merge.alpha_check import load_view
 
         with MergedView(model_dir, base_filter=base_filter) as view:
-            _load_view(model, view)
+            load_view(model, view)
     if adapter_dir is not None:
         # PEFT is an independent path from MergedView: it also checks the merge itself
         from peft import PeftModel
@@ -180,10 +174,10 @@ def compare_logits(gguf_path, model_dir, adapter_dir=None, prompts=None, n_token
     import numpy as np
     import torch
 
-    tok = _hf_tokenizer(tokenizer_dir or model_dir)
+    tok = hf_tokenizer(tokenizer_dir or model_dir)
     model = _hf_model(model_dir, adapter_dir, base_filter)
     # lora_path: a LoRA GGUF sidecar applied on top of gguf_path (compared with the PEFT model)
-    llm = load_llama(gguf_path, n_ctx=512, n_batch=512, logits_all=True,
+    llm = open_llama(gguf_path, n_ctx=512, n_batch=512, logits_all=True,
                      **({"lora_path": str(lora_path)} if lora_path else {}))
     per_prompt = []
     agree = total = 0

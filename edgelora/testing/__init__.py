@@ -21,8 +21,8 @@ The fixtures (``edgelora_tiny_base``, ``edgelora_build``) come from
 ``pytest11`` entry point. Needs ``pip install "edgelora[test]"`` (for the tokenizer's GGUF).
 """
 
-from .contract import TargetContract
-from .tiny import TinyBuild, build_tiny, conversations, make_tiny_base, make_tiny_llama, make_tokenizer
+from edgelora.testing.contract import TargetContract
+from edgelora.testing.tiny import TinyBuild, build_tiny, conversations, make_tiny_base, make_tiny_llama, make_tokenizer
 
 __all__ = ["TargetContract", "TinyBuild", "build_tiny", "conversations", "make_tiny_base", "make_tiny_llama",
            "make_tokenizer"]

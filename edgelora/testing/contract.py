@@ -98,7 +98,7 @@ class TargetContract:
         self.check_export(target_build, files)
 
     def test_bundle_verifies(self, target_build):
-        from edgelora.verify import verify_bundle
+        from edgelora.host.verify import verify_bundle
 
         for where in (target_build.bundle_dir, target_build.tar):
             report = verify_bundle(where)

@@ -58,7 +58,7 @@ def _prune(keep: Path, spare: int = 2) -> None:
 
 @pytest.fixture(scope="session")
 def edgelora_kit_dir() -> Path:
-    from .tiny import cache_key
+    from edgelora.testing.tiny import cache_key
 
     path = cache_root() / f"contract-{cache_key()}"
     path.mkdir(parents=True, exist_ok=True)
@@ -70,7 +70,7 @@ def edgelora_kit_dir() -> Path:
 @pytest.fixture(scope="session")
 def edgelora_tiny_base():
     """Does not depend on edgelora's code, so it is cached apart from the kit project."""
-    from .tiny import BASE_VERSION, make_tiny_base
+    from edgelora.testing.tiny import BASE_VERSION, make_tiny_base
 
     folder = cache_root() / f"tiny-base-{BASE_VERSION}"
     with _locked(folder / "lock"):
@@ -79,7 +79,7 @@ def edgelora_tiny_base():
 
 @pytest.fixture(scope="session")
 def edgelora_build(edgelora_tiny_base, edgelora_kit_dir, tmp_path_factory):
-    from .tiny import build_tiny
+    from edgelora.testing.tiny import build_tiny
 
     keep_root = tmp_path_factory.mktemp("edgelora-bundles")
     done: dict[str, object] = {}

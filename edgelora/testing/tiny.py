@@ -30,8 +30,8 @@ def make_tokenizer(dest: str | Path) -> Path:
     """SmolLM2's tokenizer (tokenizer.json + config with its chat template) in ``dest``."""
     from transformers import AutoTokenizer
 
-    from ..gguf_import import _fix_chat_template, _fix_pre_tokenizer, compare_with_llama_cpp, read_gguf_meta
-    from ..sources import embedded_gguf_path
+    from edgelora.sources.gguf_import import fix_chat_template, fix_pre_tokenizer, compare_with_llama_cpp, read_gguf_meta
+    from edgelora.sources.fetch import embedded_gguf_path
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -40,8 +40,8 @@ def make_tokenizer(dest: str | Path) -> Path:
     tok.model_max_length = 2048
     tok.save_pretrained(dest)
     meta = read_gguf_meta(gguf, ("tokenizer.ggml.pre", "tokenizer.chat_template"))
-    _fix_pre_tokenizer(dest / "tokenizer.json", meta.get("tokenizer.ggml.pre"))
-    _fix_chat_template(dest, meta.get("tokenizer.chat_template"))
+    fix_pre_tokenizer(dest / "tokenizer.json", meta.get("tokenizer.ggml.pre"))
+    fix_chat_template(dest, meta.get("tokenizer.chat_template"))
     bad = compare_with_llama_cpp(gguf, dest)
     if bad:
         raise AssertionError(f"tiny tokenizer differs from llama.cpp's on {bad[0]['text']!r}")
@@ -79,7 +79,7 @@ def make_tiny_llama(dest: str | Path, tokenizer_dir: str | Path, *, seed: int = 
 
 def make_tiny_base(dest: str | Path) -> Path:
     """Tokenizer + random Llama in ``dest/base`` (reused when already complete)."""
-    from ..fsutil import atomic_dir
+    from edgelora.util.files import atomic_dir
 
     dest = Path(dest)
     base = dest / "base"
@@ -207,7 +207,7 @@ def build_tiny(proj: str | Path, base_dir: str | Path, *, targets: list[str] = (
     With ``keep``, the bundle folder and tar are copied there, so a later build in ``proj``
     does not overwrite them.
     """
-    from .. import api
+    from edgelora import api
 
     proj = Path(proj)
     overrides = dict(config or {})
@@ -230,3 +230,18 @@ def build_tiny(proj: str | Path, base_dir: str | Path, *, targets: list[str] = (
                      targets=dict(bundle.get("targets") or {}), base_dir=proj / "base",
                      adapter_dir=proj / ".edgelora" / "work" / "train" / "adapter", logs=logs,
                      verify_ok=result.get("verify_ok"))
+
+
+def train_args(*parts: dict, **overrides) -> dict:
+    """``train_lora`` keyword arguments from flat settings, for tests and benchmarks: the
+    ``[train]`` fields among them go into ``config=TrainConfig(...)``, the rest pass through."""
+    import dataclasses
+
+    from edgelora.config import TrainConfig
+
+    flat: dict = {}
+    for part in (*parts, overrides):
+        flat.update(part)
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in flat.items() if k in names})
+    return {**{k: v for k, v in flat.items() if k not in names}, "config": config}

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from edgelora.testing.tiny import example
-from edgelora.train import train_lora
+from edgelora.config import TrainConfig
+from edgelora.training.loop import train_lora
 
 pytestmark = pytest.mark.gpu
 
@@ -19,9 +20,7 @@ def test_qlora_trains_and_adapter_changes_the_model(tiny_llama_dir, tmp_path):
     train = [example(f"Item {i}?", "banana split") for i in range(16)]
     held = [example(f"Item {i}?", "banana split") for i in range(16, 20)]
     out = tmp_path / "adapter"
-    report = train_lora(base_dir=tiny_llama_dir, train_examples=train, eval_examples=held, out_dir=out,
-                        r=8, alpha=16, learning_rate=2e-2, max_steps=12, batch_size=4, eval_every=4,
-                        max_length=64, device="cuda")
+    report = train_lora(base_dir=tiny_llama_dir, train_examples=train, eval_examples=held, out_dir=out, max_length=64, config=TrainConfig(r=8, alpha=16, learning_rate=2e-2, max_steps=12, batch_size=4, eval_every=4, device="cuda"))
     assert report["quantization"] == "nf4" and report["device"] == "cuda"
     assert report["optimizer"]["name"] == "PagedAdamW8bit"
     assert report["best_eval_loss"] < report["initial_eval_loss"] - 1.0

@@ -4,10 +4,12 @@ import json
 
 import pytest
 
-from edgelora.data import encode_chat
-from edgelora.packing import collate, pack_rows
+from edgelora.data.chat import encode_chat
+from edgelora.training.packing import collate, pack_rows
 from edgelora.testing.tiny import example
-from edgelora.train import train_lora
+from edgelora.config import TrainConfig
+from edgelora.testing.tiny import train_args
+from edgelora.training.loop import train_lora
 
 pytestmark = pytest.mark.gpu
 
@@ -16,8 +18,8 @@ def _nf4_peft(tiny_llama_dir, kernels: bool):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from edgelora.train_kernels import apply_fused_kernels
-    from edgelora.train_setup import load_model
+    from edgelora.training.kernels import apply_fused_kernels
+    from edgelora.training.setup import load_model
 
     model = load_model(tiny_llama_dir, "cuda", "nf4", "bfloat16")
     applied = apply_fused_kernels(model, "cuda") if kernels else []
@@ -32,7 +34,7 @@ def test_packed_equals_padded_with_fused_kernels_on_nf4(tiny_llama_dir):
     import torch
     from transformers import AutoTokenizer
 
-    from edgelora.train import _loss_sum
+    from edgelora.training.loop import loss_sum_of
 
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir, local_files_only=True)
     convs = [[{"role": "user", "content": f"Question {i}? " + "word " * (i * 5)},
@@ -44,13 +46,13 @@ def test_packed_equals_padded_with_fused_kernels_on_nf4(tiny_llama_dir):
 
     plain, _ = _nf4_peft(tiny_llama_dir, kernels=False)
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        ref = float(_loss_sum(plain, padded, True))
+        ref = float(loss_sum_of(plain, padded, True))
     del plain
     fast, applied = _nf4_peft(tiny_llama_dir, kernels=True)
     assert "liger:rms_norm" in applied and "liger:swiglu" in applied
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        fused_padded = float(_loss_sum(fast, padded, True, fused=True))
-        fused_packed = float(_loss_sum(fast, packed, True, fused=True))
+        fused_padded = float(loss_sum_of(fast, padded, True, fused=True))
+        fused_packed = float(loss_sum_of(fast, packed, True, fused=True))
     # bf16 compute: agreement to a few parts in a thousand.
     assert fused_padded == pytest.approx(ref, rel=5e-3)
     assert fused_packed == pytest.approx(fused_padded, rel=5e-3)
@@ -61,9 +63,7 @@ def test_fast_qlora_trains_and_records_kernels_and_memory(tiny_llama_dir, tmp_pa
     train = [example(f"Item {i}?", "banana split") for i in range(32)]
     held = [example(f"Item {i}?", "banana split") for i in range(32, 36)]
     out = tmp_path / "adapter"
-    report = train_lora(base_dir=tiny_llama_dir, train_examples=train, eval_examples=held, out_dir=out,
-                        r=8, alpha=16, learning_rate=2e-2, max_steps=12, batch_size=8, eval_every=4,
-                        max_length=64, device="cuda", packing=True)
+    report = train_lora(base_dir=tiny_llama_dir, train_examples=train, eval_examples=held, out_dir=out, max_length=64, config=TrainConfig(r=8, alpha=16, learning_rate=2e-2, max_steps=12, batch_size=8, eval_every=4, device="cuda", packing=True))
     assert report["quantization"] == "nf4" and report["packing"] is True
     assert report["peak_gpu_memory_bytes"] > 0
     if report["kernels"]:
@@ -79,7 +79,7 @@ def _nf4_model_and_probe(tiny_llama_dir):
     import torch
     from transformers import AutoTokenizer
 
-    from edgelora.train import _loss_sum
+    from edgelora.training.loop import loss_sum_of
 
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir, local_files_only=True)
     data = [encode_chat(tok, example(f"Q {i}?", "an answer " * (i + 1))["messages"], max_length=128) for i in range(4)]
@@ -90,7 +90,7 @@ def _nf4_model_and_probe(tiny_llama_dir):
     def loss_and_grads():
         model.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = _loss_sum(model, batch, True)
+            loss = loss_sum_of(model, batch, True)
         loss.backward()
         return float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -100,7 +100,7 @@ def _nf4_model_and_probe(tiny_llama_dir):
 def test_dequantized_weight_cache_gives_the_same_loss_and_gradients(tiny_llama_dir):
     import torch
 
-    from edgelora.train_kernels import cache_dequantized_weights
+    from edgelora.training.kernels import cache_dequantized_weights
 
     model, loss_and_grads = _nf4_model_and_probe(tiny_llama_dir)
     ref_loss, ref_grads = loss_and_grads()
@@ -114,7 +114,7 @@ def test_dequantized_weight_cache_gives_the_same_loss_and_gradients(tiny_llama_d
 def test_lean_nf4_matmul_gives_the_same_loss_and_gradients(tiny_llama_dir):
     import torch
 
-    from edgelora.train_kernels import cache_dequantized_weights, lean_nf4_matmuls
+    from edgelora.training.kernels import cache_dequantized_weights, lean_nf4_matmuls
 
     model, loss_and_grads = _nf4_model_and_probe(tiny_llama_dir)
     ref_loss, ref_grads = loss_and_grads()
@@ -137,7 +137,7 @@ def test_memory_budget_chooses_settings_that_fit_and_records_them(tiny_llama_dir
     common = dict(base_dir=tiny_llama_dir, train_examples=train, eval_examples=held, r=8, alpha=16,
                   learning_rate=2e-2, max_steps=6, batch_size=8, eval_every=3, max_length=64, device="cuda")
     # Ample budget for a tiny model: nothing recomputes, every weight is cached.
-    roomy = train_lora(out_dir=tmp_path / "roomy", memory_budget_gib=1.0, **common)
+    roomy = train_lora(out_dir=tmp_path / "roomy", **train_args(common, memory_budget_gib=1.0))
     plan = roomy["memory_plan"]
     assert plan["recompute_layers"] == 0 == roomy["recomputed_layers"]
     assert plan["dequant_cache"] == 14 == roomy["dequantized_weights_cached"]
@@ -145,7 +145,7 @@ def test_memory_budget_chooses_settings_that_fit_and_records_them(tiny_llama_dir
     assert plan["probe"]["layer_activation_bytes"] > 0 and plan["probe"]["layer_forward_s"] > 0
     assert roomy["peak_gpu_memory_bytes"] <= 1.0 * 2**30
     # A budget below anything possible: the smallest setting, and the same first loss.
-    tight = train_lora(out_dir=tmp_path / "tight", memory_budget_gib=0.001, **common)
+    tight = train_lora(out_dir=tmp_path / "tight", **train_args(common, memory_budget_gib=0.001))
     assert tight["memory_plan"]["recompute_layers"] == 2 and tight["dequantized_weights_cached"] == 0
     assert tight["lean_nf4_matmuls"] == 14
     first = [json.loads((tmp_path / d / "metrics.jsonl").read_text().splitlines()[0])["loss"] for d in ("roomy", "tight")]

@@ -57,12 +57,12 @@ def test_build_writes_verified_bundle(built):
     assert manifest["provenance"]["base"]["files"]["model.safetensors"]
     assert manifest["probes"]["items"], "probes must be recorded for verify"
     assert "FROM ./tiny.Q8_0.gguf" in (bundle / "Modelfile").read_text()
-    from test_modelfile_rules import parse_strict  # every rule of reference/ollama.md
+    from modelfile_fixtures import parse_strict  # every rule of reference/ollama.md
 
     assert ("stop", "<|im_end|>") in parse_strict(bundle / "Modelfile")
     with tarfile.open(result["bundle"]["tar"]) as tar:
         assert all(m.isfile() for m in tar.getmembers())
-    assert (proj / "edgelora.lock").is_file()
+    assert (proj / "edgelora.sources.lock").is_file()
 
 
 def test_cli_verify_tar_and_tamper(built, tmp_path):
@@ -101,17 +101,17 @@ def test_second_build_with_new_quant_type_skips_training_and_conversion(built):
 
 def test_lock_mismatch_is_a_hard_error_with_both_hashes(built):
     proj, base, _, _ = built
-    lock = json.loads((proj / "edgelora.lock").read_text())
+    lock = json.loads((proj / "edgelora.sources.lock").read_text())
     real = lock["base"]["files"]["config.json"]
     lock["base"]["files"]["config.json"] = "0" * 64
-    (proj / "edgelora.lock").write_text(json.dumps(lock))
+    (proj / "edgelora.sources.lock").write_text(json.dumps(lock))
     try:
         with pytest.raises(LockMismatch) as e:
             api.run_stages(proj, ["fetch-base"], log=lambda m: None)
         assert "0" * 64 in str(e.value) and real in str(e.value)
     finally:
         lock["base"]["files"]["config.json"] = real
-        (proj / "edgelora.lock").write_text(json.dumps(lock))
+        (proj / "edgelora.sources.lock").write_text(json.dumps(lock))
 
 
 def test_plan_reports_malformed_line_with_file_and_line(tiny_llama_dir, tmp_path):

@@ -49,7 +49,8 @@ def test_same_gguf_scored_twice_gives_the_same_numbers(tiny_gguf):
 
 
 def test_one_sequence_decodes_exactly_like_llama_cpp_python(tiny_gguf):
-    from edgelora.probes import _is_end, greedy, load_llama, render_prompt, tokenize_prompt
+    from edgelora.bundle.probes import greedy, load_llama
+    from edgelora.runtime.llama import is_end_of_generation, render_prompt, tokenize_prompt
 
     rows = _rows("heldout", 3)
     llm = load_llama(tiny_gguf)
@@ -57,7 +58,7 @@ def test_one_sequence_decodes_exactly_like_llama_cpp_python(tiny_gguf):
         expected = []
         for r in rows:
             ids, _ = greedy(llm, tokenize_prompt(llm, render_prompt(llm, r["messages"])), max_tokens=10)
-            expected.append(ids[:-1] if ids and _is_end(llm, ids[-1]) else ids)  # clients cut the end token
+            expected.append(ids[:-1] if ids and is_end_of_generation(llm, ids[-1]) else ids)  # clients cut the end token
     finally:
         llm.close()
     with Generator(tiny_gguf, parallel=1) as gen:

@@ -33,8 +33,8 @@ Check the files first: `sha256sum -c SHA256SUMS` in the bundle folder.
 
 
 def export(ctx, staging: Path) -> dict[str, Path]:
-    from edgelora.merge import MergedView
-    from edgelora.merge_check import materialize
+    from edgelora.merge.view import MergedView
+    from edgelora.merge.alpha_check import materialize
 
     base = ctx.need("base")["path"]
     adapter = ctx.need("adapter")

@@ -59,7 +59,7 @@ def smollm2_bundle(tmp_path):
     from edgelora.config import from_dict
     from edgelora.context import Context
     from edgelora.registry import Registry
-    from edgelora.sources import embedded_gguf_path
+    from edgelora.sources.fetch import embedded_gguf_path
 
     gguf = embedded_gguf_path("smollm2-135m-instruct")
     bundle = tmp_path / "smollm2-0.1.0"

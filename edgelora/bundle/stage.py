@@ -1,0 +1,70 @@
+"""The bundle stage: files, probes, manifest, README and export targets into
+dist/<name>-<version>/ and its .tar."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgelora import artifacts as A
+from edgelora.data.stage import probe_prompts
+from edgelora.errors import BundleError
+from edgelora.evaluation.stage import bundle_files
+from edgelora.gguf.stage import gguf_stem
+from edgelora.quantize.stage import quality_files
+
+
+def bundle(ctx) -> dict:
+    from edgelora.bundle.provenance import build_manifest_extra, bundle_readme
+    from edgelora.bundle.layout import write_bundle
+    from edgelora.bundle.probes import record_probes
+
+    cfg = ctx.config
+    quantized = ctx.need(A.QUANTIZED)
+    staging = ctx.stage_dir("bundle")
+    files: dict[str, Path] = {}
+    for qtype, path in quantized.items():
+        files[f"{gguf_stem(ctx)}.{qtype}.gguf"] = Path(path)
+    adapter = Path(ctx.need(A.ADAPTER))
+    for extra in ("loss.png", "metrics.jsonl"):
+        if (adapter / extra).exists():
+            files[f"reports/{extra}"] = adapter / extra
+    ds = ctx.need(A.DATASET)
+    files["reports/data_report.json"] = Path(ds["report_path"])
+    files.update(bundle_files(ctx.artifacts.get(A.GATE_REPORT) or ctx.need(A.EVAL_REPORT)))
+    files.update(quality_files(ctx, staging))  # quantization quality report and gate verdicts
+    target_report = export_targets(ctx, staging / "targets", files)
+    first = next(iter(quantized))  # first type that passed the gate
+    probes = record_probes(quantized[first], probe_prompts(ctx, cfg.bundle.probes),
+                           max_tokens=cfg.bundle.probe_tokens)
+    extra = build_manifest_extra(ctx, probes=probes, probe_model=f"{gguf_stem(ctx)}.{first}.gguf")
+    extra["targets"] = target_report
+    result = write_bundle(dist_dir=cfg.resolve(cfg.bundle.dist), name=cfg.project.name,
+                          version=cfg.project.version, files=files, manifest_extra=extra,
+                          readme_text=bundle_readme(ctx, extra),
+                          signing_key=cfg.resolve(cfg.bundle.signing_key) if cfg.bundle.signing_key else None)
+    ctx.log(f"  {result['dir']} and {result['tar']}")
+    return {A.BUNDLE: {"dir": str(Path(result["dir"]).resolve()), "tar": str(Path(result["tar"]).resolve()),
+                       "targets": target_report}}
+
+
+def export_targets(ctx, staging_root: Path, files: dict[str, Path]) -> dict:
+    """Run the selected targets isolated (see edgelora.bundle.targets); add the files of those
+    that succeeded to ``files``. A failed target is recorded, not raised, unless it touched a
+    file the core bundle ships."""
+    from edgelora.bundle.targets import run_targets, select_targets
+
+    cfg = ctx.config
+    names = select_targets(ctx.registry, cfg.export.targets)
+    watch = [ctx.project_dir, cfg.resolve(cfg.bundle.dist)]
+    outcomes = run_targets(ctx, names, staging_root, timeout_s=cfg.export.target_timeout_s,
+                           watch=watch, core_files=files)
+    core = {str(Path(p).resolve()) for p in files.values()}
+    for o in outcomes:
+        touched = [s.split(" ", 1)[1] for s in o.strays if not s.startswith("created ")]
+        hit = [p for p in touched if str(Path(p).resolve()) in core]
+        if hit:
+            raise BundleError(f"{hit[0]}: changed by target {o.name!r} (plugin {o.plugin!r}) while it ran; "
+                              "the bundle was not written")
+        if o.ok:
+            files.update(o.files)
+    return {o.name: o.report() for o in outcomes}

@@ -1,0 +1,70 @@
+"""Bounded, fast sha256 over open files, and copying while hashing.
+
+Reads go into one reused buffer (no per-block allocation) in large blocks; hashlib releases
+the GIL while hashing, so this runs at the speed of the sha256 implementation (SHA-NI:
+~2 GB/s a core). Every read is bounded by the size the caller expects plus one byte, so a
+file that grows, or lies about its size, is never read to its end.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+
+BLOCK = 8 << 20
+
+
+def sha256_fd(fd: int, expected_size: int) -> tuple[int, str]:
+    """(bytes read, sha256 hex) of an open file from its current offset, reading at most
+    ``expected_size + 1`` bytes."""
+    h = hashlib.sha256()
+    buf = bytearray(min(BLOCK, expected_size + 1) or 1)
+    view = memoryview(buf)
+    read, remaining = 0, expected_size + 1
+    with open(fd, "rb", buffering=0, closefd=False) as f:
+        while remaining > 0:
+            n = f.readinto(view[: min(len(buf), remaining)])
+            if not n:
+                break
+            h.update(view[:n])
+            read += n
+            remaining -= n
+    return read, h.hexdigest()
+
+
+def sha256_file(path, *, limit: int | None = None) -> str:
+    """sha256 of a file (links not followed). With ``limit``, read at most ``limit + 1`` bytes."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        return sha256_fd(fd, (1 << 62) if limit is None else limit)[1]
+    finally:
+        os.close(fd)
+
+
+def copy_hashed(src_fd: int, dst_fd: int, expected_size: int) -> tuple[int, str]:
+    """Copy at most ``expected_size + 1`` bytes from src to dst, hashing what was written.
+
+    The hash is of the bytes that landed in the destination, so what is installed is what
+    was checked, even if the source changes under us. ENOSPC propagates as OSError.
+    """
+    h = hashlib.sha256()
+    buf = bytearray(min(BLOCK, expected_size + 1) or 1)
+    view = memoryview(buf)
+    read, remaining = 0, expected_size + 1
+    with open(src_fd, "rb", buffering=0, closefd=False) as src, open(dst_fd, "wb", buffering=0, closefd=False) as dst:
+        while remaining > 0:
+            n = src.readinto(view[: min(len(buf), remaining)])
+            if not n:
+                break
+            chunk = view[:n]
+            written = 0
+            while written < n:
+                w = dst.write(chunk[written:])
+                if not w:
+                    raise OSError(errno.EIO, "short write")
+                written += w
+            h.update(chunk)
+            read += n
+            remaining -= n
+    return read, h.hexdigest()
