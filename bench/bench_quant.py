@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128)
     args = ap.parse_args()
 
-    from edgelora.default_plugins.stages_prepare import read_jsonl
+    from edgelora.util.files import read_jsonl
     from edgelora.gguf.convert import convert
     from edgelora.quantize.imatrix import calibration_batches, compute_imatrix, means
     from edgelora.quantize.pipeline import quantize_all

@@ -52,7 +52,12 @@ def test_problems_reported_together(tmp_path):
     (tmp_path / C.CONFIG_NAME).write_text(
         "[project]\nname = 'Bad Name'\n[base]\nsource = 'hf'\nrepo = 'a/b'\nrevision = 'main'\n"
         "[export]\nouttype = 'q4'\n")
-    problems = C.problems(C.load(tmp_path))
+    from edgelora import api
+    from edgelora.errors import PlanError
+
+    with pytest.raises(PlanError) as e:  # [base] fields are the hf source's check, through the registry
+        api.plan(tmp_path, log=lambda *_: None)
+    problems = e.value.problems
     assert any("name" in p for p in problems)
     assert any("40-hex commit" in p for p in problems)
     assert any("outtype" in p for p in problems)

@@ -34,8 +34,9 @@ def sha256_fd(fd: int, expected_size: int) -> tuple[int, str]:
 
 
 def sha256_file(path, *, limit: int | None = None) -> str:
-    """sha256 of a file (links not followed). With ``limit``, read at most ``limit + 1`` bytes."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    """sha256 of a file (links followed: the HF cache links snapshots to blobs). With ``limit``,
+    read at most ``limit + 1`` bytes."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         return sha256_fd(fd, (1 << 62) if limit is None else limit)[1]
     finally:

@@ -98,7 +98,7 @@ def test_chat_smoke_through_create_chat_completion(shipped):
 
 
 def test_task_score_column_comes_from_the_eval_report(shipped):
-    from edgelora.default_plugins.stages_quantize import task_scores
+    from edgelora.quantize.stage import task_scores
 
     _, (_, report), _ = shipped
     eval_report = {"sets": {"heldout": {"metrics": ["exact"], "models": {

@@ -23,7 +23,7 @@ EVAL = [example(f"Item {i}?", "split banana") for i in range(16, 20)]
 def trained(tiny_llama_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("train") / "adapter"
     events = []
-    report = train_lora(base_dir=tiny_llama_dir, train_examples=TRAIN, eval_examples=EVAL, out_dir=out, max_length=64, progress=events.append, config=TrainConfig(r=8, alpha=16, learning_rate=5e-2, max_steps=16, batch_size=4, eval_every=2, seed=0, device="cpu"))
+    report = train_lora(base_dir=tiny_llama_dir, train_examples=TRAIN, eval_examples=EVAL, out_dir=out, max_length=64, progress=events.append, config=TrainConfig(r=8, alpha=16, learning_rate=5e-2, max_steps=16, batch_size=4, eval_every=2, seed=0, device="cpu", early_stop=0))
     return out, report, events
 
 
