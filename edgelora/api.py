@@ -20,6 +20,10 @@ def _context(project_dir, *, log=print, console=None, third_party=True, extra_pl
     from edgelora import plugins
 
     cfg = config_mod.load(project_dir)
+    if (options or {}).get("toolkit"):  # build --with-toolkit: as if [bundle] toolkit = true (same cache key)
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, bundle=dataclasses.replace(cfg.bundle, toolkit=True))
     loaded = plugins.load(third_party=third_party, extra=list(extra_plugins))
     for err in loaded.load_errors:
         log(f"warning: {err}")
@@ -89,12 +93,13 @@ def run_stages(project_dir, targets: Iterable[str] | None = None, *, force: Iter
 
 
 def build(project_dir, *, force: Iterable[str] = (), log=print, console=None, extra_plugins=(),
-          gate: bool = True) -> dict:
+          gate: bool = True, with_toolkit: bool = False) -> dict:
     """Run every registered stage; returns the bundle paths, scores and reports.
 
-    A failed [eval] gate raises GateError before the bundle is written, unless ``gate=False``."""
+    A failed [eval] gate raises GateError before the bundle is written, unless ``gate=False``.
+    ``with_toolkit`` adds toolkit/ to the bundle as ``[bundle] toolkit = true`` does."""
     ctx = run_stages(project_dir, None, force=force, log=log, console=console, extra_plugins=extra_plugins,
-                     options={"gate": gate})
+                     options={"gate": gate, "toolkit": with_toolkit})
     return {"bundle": ctx.artifacts.get(A.BUNDLE), "eval": ctx.artifacts.get(A.EVAL_REPORT),
             "gates": ctx.artifacts.get(A.GATE_REPORT), "quant_quality": ctx.artifacts.get(A.QUANT_REPORT),
             "verify_ok": (ctx.artifacts.get(A.VERIFY_REPORT) or {}).get("ok")}
@@ -218,11 +223,20 @@ def verify(bundle_path, *, run_probes: bool = True, allow_plugins: bool = False,
     return report
 
 
-def keygen(private_path) -> dict:
-    """Ed25519 key pair for signing bundles: PRIVATE (0600) and PRIVATE.pub."""
+def keygen(private_path, key_type: str = "ed25519") -> dict:
+    """Key pair for signing bundles: PRIVATE (0600) and PRIVATE.pub; ed25519 (manifest.sig) or
+    ecdsa-p256 (model.sig, the OpenSSF model-signing format)."""
     from edgelora.bundle.signing import generate_keypair
 
-    return generate_keypair(private_path)
+    return generate_keypair(private_path, key_type)
+
+
+def toolkit(out_dir, *, python=None, platform=None, find_links=(), download=True, log=print) -> dict:
+    """Write the host toolkit folder (wheels, requirements.txt with hashes, install.sh) at OUT_DIR."""
+    from edgelora.bundle.toolkit import write_toolkit
+
+    return write_toolkit(out_dir, python=python, platform=platform, find_links=find_links, download=download,
+                         log=log)
 
 
 def install(bundle_path, *, name=None, store=None, allow_downgrade=False, trust=None, run_probes=True,

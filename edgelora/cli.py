@@ -46,6 +46,11 @@ def handle_errors(fn):
         except Exception as e:  # an unexpected failure still gets one line
             if debug:
                 traceback.print_exc()
+            from edgelora.util.extras import missing_extra
+
+            if missing_extra(e):  # a build-side command on a host-only install
+                click.echo(f"error: {missing_extra(e)}", err=True)
+                sys.exit(2)
             first = str(e).splitlines()[0] if str(e) else ""
             click.echo(f"error: {type(e).__name__}: {first} (run with --debug for the traceback)", err=True)
             sys.exit(2)
@@ -100,14 +105,17 @@ def plan(directory):
 @project_dir
 @click.option("--force", "force", multiple=True, help="Re-run this stage even if cached (repeatable).")
 @click.option("--no-gate", is_flag=True, help="Build the bundle even when an [eval] gate fails (recorded in the manifest).")
+@click.option("--with-toolkit", is_flag=True,
+              help="Add toolkit/ (edgelora's host-side wheels and install.sh) to the bundle, as [bundle] toolkit = true.")
 @handle_errors
-def build(directory, force, no_gate):
+def build(directory, force, no_gate, with_toolkit):
     """fetch-base → train → merge → convert → quantize → evaluate → gate → modelfile → bundle → verify."""
     from edgelora import api
 
     console = _console()
     api.plan(directory, log=console.print)
-    result = api.build(directory, force=force, log=console.print, console=console, gate=not no_gate)
+    result = api.build(directory, force=force, log=console.print, console=console, gate=not no_gate,
+                       with_toolkit=with_toolkit)
     _print_scores((result.get("eval") or {}) | {"gates": (result.get("gates") or {}).get("results")})
     _print_quant_quality(result)
     b = result["bundle"]
@@ -305,12 +313,20 @@ def verify(bundle, as_json, no_probes, allow_plugins, trust):
 
 @cli.command()
 @click.argument("key", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--type", "key_type", type=click.Choice(["ed25519", "ecdsa-p256"]), default="ed25519", show_default=True,
+              help="ed25519 signs manifest.sig ([bundle] signing_key); ecdsa-p256 signs model.sig, the OpenSSF "
+                   "model-signing signature ([bundle] model_signing_key).")
 @handle_errors
-def keygen(key):
-    """Make an Ed25519 key pair: KEY (private, mode 0600) and KEY.pub; never overwrites."""
+def keygen(key, key_type):
+    """Make a key pair: KEY (private, mode 0600) and KEY.pub; never overwrites."""
     from edgelora import api
 
-    out = api.keygen(key)
+    out = api.keygen(key, key_type)
+    if key_type != "ed25519":
+        click.echo(f"private key: {out['private']} (mode 0600; set [bundle] model_signing_key to it)\n"
+                   f"public key:  {out['public']} (check model.sig with: model_signing verify key "
+                   f"--signature BUNDLE_DIR/model.sig --public_key {out['public']} BUNDLE_DIR)")
+        return
     click.echo(f"private key: {out['private']} (mode 0600; set [bundle] signing_key to it)\n"
                f"public key:  {out['public']} (copy to the target host; verify/install --trust it)\n"
                f"key id:      {out['key_id']}")
@@ -336,6 +352,29 @@ def install(bundle, name, store, allow_downgrade, no_probes, lock_timeout, trust
                          run_probes=not no_probes, lock_timeout=lock_timeout,
                          log=lambda m: click.echo(m, err=True))
     click.echo(f"installed {result['model']} ({result['via']}); run it with: ollama run {result['model']}")
+
+
+@cli.command()
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--python", "python", metavar="X.Y", help="The host's Python version (default: this one).")
+@click.option("--platform", "platform", metavar="TAG",
+              help="The host's platform tag, e.g. manylinux_2_28_aarch64 (default: this machine's).")
+@click.option("--find-links", "find_links", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Wheelhouse folder searched first (repeatable), e.g. one holding llama-cpp-python built on the host.")
+@click.option("--no-download", is_flag=True, help="Never use the network; fail on a wheel found nowhere locally.")
+@handle_errors
+def toolkit(out_dir, python, platform, find_links, no_download):
+    """Write the host toolkit alone: wheels for edgelora's host side, requirements.txt with hashes, install.sh.
+
+    Wheels come from --find-links, pip's wheel cache, this environment's installed copy (same
+    Python and platform), and last the package index (`pip download`, the only network use).
+    """
+    from edgelora import api
+
+    out = api.toolkit(out_dir, python=python, platform=platform, find_links=find_links, download=not no_download,
+                      log=lambda m: click.echo(m, err=True))
+    click.echo(f"toolkit: {out['dir']} ({len(out['wheels'])} wheels, {out['size_bytes'] / 1e6:.1f} MB); "
+               f"on the host: sh {out['dir']}/install.sh [VENV_DIR]")
 
 
 @cli.command("list")

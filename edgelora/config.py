@@ -142,6 +142,13 @@ class BundleConfig:
     probe_tokens: int = _f(24, "Greedy tokens recorded per probe.")
     logit_tolerance: float = _f(0.05, "Max |Δlogit| verify accepts on another CPU for the first-token top-k.")
     signing_key: str = _f("", "Ed25519 private key (from `edgelora keygen`) that signs manifest.json; empty: unsigned.")
+    model_signing_key: str = _f("", "ECDSA P-256/P-384/P-521 private key (`edgelora keygen KEY --type ecdsa-p256`) "
+                                "that adds model.sig, an OpenSSF model-signing signature over every bundle file.")
+    toolkit: bool = _f(False, "Put toolkit/ in the bundle: wheels and install.sh for edgelora's host side, "
+                       "so an air-gapped host installs edgelora from the bundle itself.")
+    toolkit_find_links: list = _f([], "Wheelhouse folders searched first for the toolkit's wheels.")
+    toolkit_download: bool = _f(True, "Let the toolkit `pip download` a wheel found nowhere locally (the only "
+                                "network use of a build); false: fail instead.")
 
 
 @dataclass(frozen=True)

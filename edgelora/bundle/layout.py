@@ -24,7 +24,8 @@ MANIFEST = "manifest.json"
 SUMS = "SHA256SUMS"
 SIGNATURE = "manifest.sig"
 README = "README.md"
-RESERVED = {MANIFEST, SUMS, SIGNATURE}
+MODEL_SIGNATURE = "model.sig"  # OpenSSF model-signing format, over every other file (edgelora.bundle.ossf_signature)
+RESERVED = {MANIFEST, SUMS, SIGNATURE, MODEL_SIGNATURE}
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 _COMPONENT_BAD = re.compile(r"[\x00-\x1f\x7f\\]")
 
@@ -79,17 +80,24 @@ def sums_text(entries: list[tuple[str, str]]) -> str:
 
 
 def write_bundle(*, dist_dir, name: str, version: str, files: dict, manifest_extra: dict | None = None,
-                 readme_text: str | None = None, signing_key=None) -> dict:
+                 readme_text: str | None = None, signing_key=None, model_signing_key=None) -> dict:
     """Write the bundle folder and its tar; returns {dir, tar, manifest, tar_sha256}.
 
     ``signing_key`` (a path to an Ed25519 PEM private key, see ``edgelora keygen``) adds
-    manifest.sig, a signature over the exact bytes of manifest.json.
+    manifest.sig, a signature over the exact bytes of manifest.json. ``model_signing_key`` (an
+    ECDSA P-256/384/521 PEM key) adds model.sig, the OpenSSF model-signing signature over every
+    other file of the folder, written last.
     """
     private_key = None
     if signing_key:
         from edgelora.bundle.signing import load_private_key
 
         private_key = load_private_key(signing_key)
+    ec_key = None
+    if model_signing_key:
+        from edgelora.bundle.ossf_signature import load_ec_private_key
+
+        ec_key = load_ec_private_key(model_signing_key)
     dist_dir = Path(dist_dir)
     for field, value in (("name", name), ("version", version)):
         if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
@@ -141,8 +149,13 @@ def write_bundle(*, dist_dir, name: str, version: str, files: dict, manifest_ext
             (staging / SIGNATURE).write_bytes(sign_manifest(manifest_bytes, private_key))
         sums = [(e["path"], e["sha256"]) for e in entries] + [(MANIFEST, sha256_bytes(manifest_bytes))]
         (staging / SUMS).write_text(sums_text(sums), encoding="utf-8", newline="\n")
+        if ec_key is not None:
+            from edgelora.bundle.ossf_signature import sign_folder
+
+            (staging / MODEL_SIGNATURE).write_bytes(sign_folder(staging, ec_key, model_name=stem))
     tar_path = dist_dir / f"{stem}.tar"
-    members = [MANIFEST, SUMS] + ([SIGNATURE] if private_key is not None else []) + [e["path"] for e in entries]
+    members = ([MANIFEST, SUMS] + ([SIGNATURE] if private_key is not None else [])
+               + ([MODEL_SIGNATURE] if ec_key is not None else []) + [e["path"] for e in entries])
     with atomic_path(tar_path) as tmp:
         _write_tar(tmp, final, stem, members)
     return {"dir": str(final), "tar": str(tar_path), "manifest": manifest,

@@ -92,4 +92,5 @@ def bundle_readme(ctx, extra: dict) -> str:
         name=cfg.project.name, version=cfg.project.version,
         model=extra["ollama"]["model"], ggufs=sorted(ctx.need(A.QUANTIZED)),
         scores=headline_scores(ctx.need(A.EVAL_REPORT)), base=extra["provenance"]["base"],
-        dataset_sha256=extra["provenance"]["dataset"]["sha256"])
+        dataset_sha256=extra["provenance"]["dataset"]["sha256"],
+        toolkit=cfg.bundle.toolkit, model_sig=bool(cfg.bundle.model_signing_key))

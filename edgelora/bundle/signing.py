@@ -44,10 +44,21 @@ def key_id(public_key) -> str:
     return hashlib.sha256(_raw_public(public_key)).hexdigest()
 
 
-def generate_keypair(private_path) -> dict:
-    """Write an Ed25519 private key (PEM, mode 0600) and ``<private>.pub``; never overwrite."""
+KEY_TYPES = ("ed25519", "ecdsa-p256")
+
+
+def generate_keypair(private_path, key_type: str = "ed25519") -> dict:
+    """Write a private key (PEM, mode 0600) and ``<private>.pub``; never overwrite.
+
+    ``ed25519`` signs manifest.sig ([bundle] signing_key); ``ecdsa-p256`` signs model.sig, the
+    OpenSSF model-signing signature ([bundle] model_signing_key), whose verifier takes EC keys only.
+    """
     from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    if key_type not in KEY_TYPES:
+        raise SignatureError(f"key type {key_type!r}: expected one of {', '.join(KEY_TYPES)}")
 
     private_path = Path(private_path)
     public_path = private_path.with_name(private_path.name + ".pub")
@@ -55,7 +66,7 @@ def generate_keypair(private_path) -> dict:
         if p.exists() or p.is_symlink():
             raise SignatureError(f"{p}: already exists; refusing to overwrite a key")
     private_path.parent.mkdir(parents=True, exist_ok=True)
-    key = Ed25519PrivateKey.generate()
+    key = Ed25519PrivateKey.generate() if key_type == "ed25519" else ec.generate_private_key(ec.SECP256R1())
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
     pub = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -77,7 +88,13 @@ def generate_keypair(private_path) -> dict:
     except BaseException:
         private_path.unlink()
         raise
-    return {"private": str(private_path), "public": str(public_path), "key_id": key_id(key.public_key())}
+    if key_type != "ed25519":
+        from edgelora.bundle.ossf_signature import public_key_hint
+
+        return {"private": str(private_path), "public": str(public_path), "key_id": public_key_hint(key.public_key()),
+                "type": key_type}
+    return {"private": str(private_path), "public": str(public_path), "key_id": key_id(key.public_key()),
+            "type": key_type}
 
 
 def load_private_key(path):

@@ -33,6 +33,8 @@ def bundle(ctx) -> dict:
     files.update(bundle_files(ctx.artifacts.get(A.GATE_REPORT) or ctx.need(A.EVAL_REPORT)))
     files.update(quality_files(ctx, staging))  # quantization quality report and gate verdicts
     target_report = export_targets(ctx, staging / "targets", files)
+    if cfg.bundle.toolkit:
+        files.update(toolkit_files_for(ctx, staging / "toolkit"))
     first = next(iter(quantized))  # first type that passed the gate
     probes = record_probes(quantized[first], probe_prompts(ctx, cfg.bundle.probes),
                            max_tokens=cfg.bundle.probe_tokens)
@@ -41,10 +43,23 @@ def bundle(ctx) -> dict:
     result = write_bundle(dist_dir=cfg.resolve(cfg.bundle.dist), name=cfg.project.name,
                           version=cfg.project.version, files=files, manifest_extra=extra,
                           readme_text=bundle_readme(ctx, extra),
-                          signing_key=cfg.resolve(cfg.bundle.signing_key) if cfg.bundle.signing_key else None)
+                          signing_key=cfg.resolve(cfg.bundle.signing_key) if cfg.bundle.signing_key else None,
+                          model_signing_key=(cfg.resolve(cfg.bundle.model_signing_key)
+                                             if cfg.bundle.model_signing_key else None))
     ctx.log(f"  {result['dir']} and {result['tar']}")
     return {A.BUNDLE: {"dir": str(Path(result["dir"]).resolve()), "tar": str(Path(result["tar"]).resolve()),
                        "targets": target_report}}
+
+
+def toolkit_files_for(ctx, folder: Path) -> dict[str, Path]:
+    """toolkit/: edgelora's host side as wheels with install.sh (see edgelora.bundle.toolkit)."""
+    from edgelora.bundle.toolkit import toolkit_files, write_toolkit
+
+    b = ctx.config.bundle
+    report = write_toolkit(folder, find_links=[ctx.config.resolve(f) for f in b.toolkit_find_links],
+                           download=b.toolkit_download, log=ctx.log)
+    ctx.log(f"  toolkit: {len(report['wheels'])} wheels, {report['size_bytes'] / 1e6:.1f} MB")
+    return toolkit_files(folder)
 
 
 def export_targets(ctx, staging_root: Path, files: dict[str, Path]) -> dict:

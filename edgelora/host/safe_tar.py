@@ -12,7 +12,7 @@ import errno
 import tarfile
 from pathlib import Path
 
-from edgelora.bundle.layout import MANIFEST, SIGNATURE, SUMS, check_relpath
+from edgelora.bundle.layout import MANIFEST, RESERVED, SIGNATURE, SUMS, check_relpath
 from edgelora.errors import VerifyError
 
 MAX_MANIFEST = 1 << 20
@@ -101,7 +101,7 @@ def extract_bundle_tar(tar_path: Path, staging: Path, add_check, parse_manifest,
             add_check("manifest", False, f"invalid manifest: {e}")
             return None
         declared = {e["path"]: e["size"] for e in manifest["files"]}
-        wanted = set(declared) | {MANIFEST, SUMS, SIGNATURE}
+        wanted = set(declared) | RESERVED  # manifest, sums and signatures
         for name in sorted(names):
             rel = name[len(prefix) + 1:]
             if rel not in wanted:

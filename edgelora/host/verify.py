@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgelora.bundle.layout import MANIFEST, SIGNATURE, SUMS
+from edgelora.bundle.layout import MANIFEST, RESERVED, SIGNATURE, SUMS
 from edgelora.errors import ConversionError, SignatureError, VerifyError
 from edgelora.util.hashing import sha256_fd
 from edgelora.bundle.manifest import MAX_MANIFEST, parse_manifest  # noqa: F401  (parse_manifest re-exported)
@@ -123,7 +123,7 @@ def _walk(root: Path, report: _Report) -> set[str]:
 def _check_files(root: Path, manifest: dict, report: _Report) -> None:
     declared = {e["path"]: e for e in manifest["files"]}
     present = _walk(root, report)
-    allowed = set(declared) | {MANIFEST, SUMS, SIGNATURE}
+    allowed = set(declared) | RESERVED  # manifest, sums and signatures
     for arc in sorted(present - allowed):
         report.add("unexpected file", False, f"unexpected file: {arc} is not in manifest.json")
     for arc in sorted(set(declared) - present):
