@@ -61,3 +61,17 @@ def test_problems_reported_together(tmp_path):
     assert any("name" in p for p in problems)
     assert any("40-hex commit" in p for p in problems)
     assert any("outtype" in p for p in problems)
+
+
+@pytest.mark.parametrize("gib, passed", [(0, "auto"), (-1, None), (12.5, 12.5), (-2, "problem")])
+def test_memory_budget_gib_zero_is_automatic_and_minus_one_off(tmp_path, gib, passed):
+    from edgelora.training.setup import memory_budget
+
+    (tmp_path / C.CONFIG_NAME).write_text(f"[train]\nmemory_budget_gib = {gib}\n")
+    cfg = C.load(tmp_path)
+    problems = [p for p in C.problems(cfg) if "memory_budget_gib" in p]
+    if passed == "problem":
+        assert problems and "0 (automatic), -1 (off)" in problems[0]
+    else:
+        assert problems == [] and memory_budget(cfg.train.memory_budget_gib) == passed
+    assert C.TrainConfig().memory_budget_gib == 0 and C.TrainConfig().dropout == 0.0

@@ -10,6 +10,7 @@ logits are never held in memory. Everything here is a no-op on CPU.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 log = logging.getLogger("edgelora.training.loop")
@@ -140,7 +141,6 @@ def cache_dequantized_weights(model, max_modules: int | None = None, *, only: li
     ``only`` names the modules to cache instead (``edgelora.train_memory.plan``'s choice).
     """
     import torch
-    import torch.nn.functional as F
 
     linears = nf4_linears(model)
     if not linears:
@@ -159,39 +159,78 @@ def cache_dequantized_weights(model, max_modules: int | None = None, *, only: li
         module.register_buffer("edgelora_dense_weight", dense, persistent=False)
         if hasattr(module, "edgelora_absmax"):  # lean_nf4_matmuls' scales: no longer needed
             del module.edgelora_absmax
-
-        def forward(x, *args, _m=module, **kwargs):
-            bias = _m.bias.to(x.dtype) if _m.bias is not None else None
-            return F.linear(x.to(torch.bfloat16), _m.edgelora_dense_weight, bias)
-
-        module.forward = forward
+            del module.edgelora_nf4
+        _swap_forward(module, "DenseCached", _dense_forward)
     return len(chosen)
+
+
+_SWAPPED: dict = {}  # (original class, kind) -> its patched subclass
+
+
+def _swap_forward(module, kind: str, forward) -> None:
+    """Give ``module`` a subclass of its class whose ``forward`` is ``forward``.
+
+    One subclass per (class, kind), shared by every module so patched, instead of a closure
+    per instance: every decoder layer runs the same code (what ``torch.compile`` needs to
+    compile a layer once), and isinstance checks (PEFT's) still hold.
+    """
+    base = getattr(type(module), "_edgelora_base_class", type(module))
+    cls = _SWAPPED.get((base, kind))
+    if cls is None:
+        cls = type(f"{base.__name__}{kind}", (base,), {"forward": forward, "_edgelora_base_class": base})
+        _SWAPPED[(base, kind)] = cls
+    module.__class__ = cls
+
+
+def _dense_forward(self, x, *args, **kwargs):
+    import torch
+    import torch.nn.functional as F
+
+    bias = self.bias.to(x.dtype) if self.bias is not None else None
+    return F.linear(x.to(torch.bfloat16), self.edgelora_dense_weight, bias)
+
+
+def _lean_forward(self, x, *args, **kwargs):
+    import torch
+
+    return _nf4_matmul_function().apply(x.to(torch.bfloat16), self.edgelora_nf4, self.edgelora_absmax,
+                                        self.edgelora_blocksize, self.edgelora_shape)
 
 
 def _dequantize(module):
     """The bf16 weight of a 4-bit linear prepared by ``lean_nf4_matmuls``: one kernel, one op call."""
+    return _dequantize_nf4(module.edgelora_nf4, module.edgelora_absmax, module.edgelora_blocksize,
+                           module.edgelora_shape)
+
+
+def _dequantize_nf4(packed, absmax, blocksize: int, shape: tuple):
     import torch
 
-    state = module.weight.quant_state
-    return torch.ops.bitsandbytes.dequantize_4bit.default(
-        module.weight.data, module.edgelora_absmax, state.blocksize, state.quant_type, state.shape, torch.bfloat16)
+    return torch.ops.bitsandbytes.dequantize_4bit.default(packed, absmax, blocksize, "nf4", list(shape), torch.bfloat16)
 
 
+@functools.cache
 def _nf4_matmul_function():
     import torch
     import torch.nn.functional as F
 
     class NF4Matmul(torch.autograd.Function):
-        """x @ dequant(W).T for a frozen 4-bit W: dequantized in forward and again in backward, nothing saved."""
+        """x @ dequant(W).T for a frozen 4-bit W: dequantized in forward and again in backward.
+
+        Only the packed 4-bit weight and its fp32 scales are saved (plain tensors, no module);
+        the dequantization is bitsandbytes' registered op.
+        """
 
         @staticmethod
-        def forward(ctx, x, module):
-            ctx.module = module
-            return F.linear(x, _dequantize(module))
+        def forward(ctx, x, packed, absmax, blocksize, shape):
+            ctx.save_for_backward(packed, absmax)
+            ctx.blocksize, ctx.shape = blocksize, shape
+            return F.linear(x, _dequantize_nf4(packed, absmax, blocksize, shape))
 
         @staticmethod
         def backward(ctx, grad):
-            return grad @ _dequantize(ctx.module), None
+            packed, absmax = ctx.saved_tensors
+            return grad @ _dequantize_nf4(packed, absmax, ctx.blocksize, ctx.shape), None, None, None, None
 
     return NF4Matmul
 
@@ -213,7 +252,6 @@ def lean_nf4_matmuls(model) -> int:
         return 0
     import bitsandbytes as bnb
 
-    matmul = _nf4_matmul_function()
     done = 0
     for module in linears:
         state = module.weight.quant_state
@@ -226,11 +264,11 @@ def lean_nf4_matmuls(model) -> int:
         else:
             absmax = state.absmax.float()
         module.register_buffer("edgelora_absmax", absmax, persistent=False)
-
-        def forward(x, *args, _m=module, **kwargs):
-            return matmul.apply(x.to(torch.bfloat16), _m)
-
-        module.forward = forward
+        # The packed weight as a plain tensor (same storage): Params4bit's __torch_function__
+        # stays out of the traced path.
+        module.register_buffer("edgelora_nf4", module.weight.data.as_subclass(torch.Tensor), persistent=False)
+        module.edgelora_blocksize, module.edgelora_shape = int(state.blocksize), tuple(state.shape)
+        _swap_forward(module, "LeanNF4", _lean_forward)
         done += 1
     return done
 

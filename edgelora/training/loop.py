@@ -27,9 +27,9 @@ from edgelora.training.packing import collate, eval_rows, micro_batch_stream, sp
 from edgelora.training.kernels import (apply_fused_kernels, cache_dequantized_weights, fused_loss_sum, lean_nf4_matmuls,
                             nf4_linears)
 from edgelora.config import TrainConfig
-from edgelora.training.memory import fit_memory_budget
+from edgelora.training.memory import GIB, fit_memory_budget, free_memory_budget
 from edgelora.training.report import finish_adapter, library_versions
-from edgelora.training.setup import (Progress, check_config, limit_recompute, linear_target_modules, load_model, notice,
+from edgelora.training.setup import (Progress, check_config, memory_budget, limit_recompute, linear_target_modules, load_model, notice,
                                      resolve_setup)
 
 # Architectures whose ForCausalLM head is exactly lm_head(hidden): for these the
@@ -138,7 +138,8 @@ def train_lora(*, base_dir, train_examples: list[dict], eval_examples: list[dict
     eval_every, early_stop, packing = c.eval_every, c.early_stop, c.packing
     recompute_layers, dequant_cache = c.recompute_layers, c.dequant_cache
     max_steps, max_seconds = c.max_steps or None, c.max_seconds or None
-    memory_budget_gib, save_every = c.memory_budget_gib or None, c.save_every or None
+    memory_budget_gib = memory_budget(c.memory_budget_gib)
+    save_every = c.save_every or None
     target_modules = "all-linear" if list(c.target_modules) == ["all-linear"] else c.target_modules
     base_dir, out_dir = Path(base_dir), Path(out_dir)
     ckpt_root = Path(checkpoint_dir) if checkpoint_dir else out_dir.with_name(out_dir.name + ".checkpoints")
@@ -316,14 +317,20 @@ def train_lora(*, base_dir, train_examples: list[dict], eval_examples: list[dict
         metrics_path.write_text("".join(json.dumps(r) + "\n" for r in state["rows"]), encoding="utf-8")
 
     memory_plan = None
+    if memory_budget_gib == "auto" and (recompute_layers != -1 or dequant_cache != 0):
+        memory_budget_gib = None  # the knobs were set by hand: they win
     if memory_budget_gib is not None:
         if quantization == "nf4" and on_cuda:
             model.train()
+            automatic = memory_budget_gib == "auto"
+            if automatic:
+                memory_budget_gib = round(free_memory_budget(device) / GIB, 3)
             memory_plan = fit_memory_budget(model, train_enc, batch_size, max_length, packing, batch_of,
                                              loss_sum, memory_budget_gib, device, progress)
+            memory_plan["automatic"] = automatic
             recomputed, dense_cached = memory_plan["recompute_layers"], memory_plan["dequant_cache"]
             lean = sum(1 for m, _ in nf4_linears(model) if hasattr(m, "edgelora_absmax"))
-        else:
+        elif memory_budget_gib != "auto":
             notice(progress, "memory_budget_gib applies to CUDA QLoRA (nf4) only; ignored")
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)

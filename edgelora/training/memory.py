@@ -18,7 +18,7 @@ GIB = 2**30
 
 @dataclass(frozen=True)
 class Probe:
-    peak_bytes: int  # step peak with every layer but the last recomputing, nothing cached
+    peak_bytes: int  # step peak with all but the last layer recomputing, nothing cached, less its activations
     layer_activation_bytes: int  # extra memory one layer holds when it does not recompute
     layer_forward_s: float  # one decoder layer's forward (what skipping its recomputation saves)
     dequant_s: dict  # weight shape (out, in) -> seconds per dequantization
@@ -32,6 +32,19 @@ class Plan:
     predicted_saving_s: float  # per micro-batch, against recomputing everything with no cache
 
 
+# Share of the GPU memory free at the start that the automatic budget may plan for: the rest
+# is left to other processes, allocator growth and eval batches.
+FREE_SHARE = 0.9
+
+
+def free_memory_budget(device: str) -> int:
+    """The automatic budget: what this process already holds plus what is free, times FREE_SHARE."""
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(FREE_SHARE * (free + torch.cuda.memory_reserved(device)))
+
+
 def margin_bytes(budget_bytes: int) -> int:
     """Room left for allocator fragmentation and what the probe does not see: 0.25 GiB + 2 %."""
     return int(0.25 * GIB + 0.02 * budget_bytes)
@@ -41,8 +54,11 @@ def plan(*, budget_bytes: int, base_peak_bytes: int, layers: int, layer_activati
          layer_forward_s: float, weights: list[tuple[int, int, float]]) -> Plan:
     """Choose how many layers recompute and which weights to cache so the peak fits the budget.
 
-    ``base_peak_bytes`` is the peak with every layer recomputing and nothing cached;
+    ``base_peak_bytes`` is the probe's peak less the one kept layer's activations (``probe``);
     ``weights`` holds (layer index, elements, seconds per dequantization) per NF4 weight.
+    With K layers keeping their activations the peak is ``base + max(K, 1)`` layers'
+    activations: with none kept, the layer being recomputed holds as much during its
+    backward (the K = 0 floor; measured 2.48 GiB at 1B where ``base + 0`` said 1.93).
     Layers that keep their activations are the last ones (``recompute_layers`` counts from
     the first). Keeping a layer's activations saves its forward recomputation; caching a
     weight saves 3 dequantizations per micro-batch in a recomputing layer, 2 in one that
@@ -50,13 +66,14 @@ def plan(*, budget_bytes: int, base_peak_bytes: int, layers: int, layer_activati
     For each number of recomputing layers the rest of the budget is filled with the
     weights that save the most seconds per byte; the best total wins.
     """
-    room = budget_bytes - margin_bytes(budget_bytes) - base_peak_bytes
-    best = Plan(layers, [], base_peak_bytes, 0.0)
+    floor = base_peak_bytes + layer_activation_bytes  # every layer recomputing
+    room = budget_bytes - margin_bytes(budget_bytes) - floor
+    best = Plan(layers, [], floor, 0.0)
     if room <= 0:
         return best
     for recompute in range(layers, -1, -1):
         kept = layers - recompute
-        left = room - kept * layer_activation_bytes
+        left = room - max(kept - 1, 0) * layer_activation_bytes
         if left < 0:
             break
         saving = kept * layer_forward_s
@@ -73,8 +90,8 @@ def plan(*, budget_bytes: int, base_peak_bytes: int, layers: int, layer_activati
                 cached.append(i)
                 saving += per_byte * size
         if saving > best.predicted_saving_s:
-            used = kept * layer_activation_bytes + sum(2 * weights[i][1] for i in cached)
-            best = Plan(recompute, sorted(cached), base_peak_bytes + used, saving)
+            used = max(kept - 1, 0) * layer_activation_bytes + sum(2 * weights[i][1] for i in cached)
+            best = Plan(recompute, sorted(cached), floor + used, saving)
     return best
 
 
@@ -184,7 +201,8 @@ def fit_memory_budget(model, train_enc, batch_size, max_length, packing, batch_o
     record = describe(measured, chosen, budget, cached)
     notice(progress, f"memory budget {budget_gib:g} GiB: {chosen.recompute_layers} of {len(layers)} layers "
            f"recompute, {cached} dequantized weights cached (predicted peak {record['predicted_peak_gib']} GiB)")
-    if measured.peak_bytes > budget:
+    floor = measured.peak_bytes + measured.layer_activation_bytes
+    if floor > budget:
         notice(progress, f"memory budget {budget_gib:g} GiB is below the smallest setting's peak "
-               f"({measured.peak_bytes / GIB:.2f} GiB): training with every layer recomputing and no cache")
+               f"({floor / GIB:.2f} GiB): training with every layer recomputing and no cache")
     return record

@@ -131,6 +131,12 @@ def load_model(base_dir: Path, device: str, quantization: str, dtype: str):
     return model
 
 
+def memory_budget(gib: float) -> float | str | None:
+    """[train] memory_budget_gib as the loop takes it: 0 "auto" (from the free GPU memory), -1 None
+    (off: least memory), else the GiB."""
+    return "auto" if gib == 0 else (None if gib < 0 else gib)
+
+
 def check_config(c, max_length: int) -> None:
     """The [train] settings a run cannot start with, as one-line errors naming the field."""
     for name in ("r", "epochs", "batch_size", "grad_accum", "eval_every"):
@@ -150,9 +156,10 @@ def check_config(c, max_length: int) -> None:
     if not isinstance(c.recompute_layers, int) or c.recompute_layers < -1:
         raise TrainingError(f"recompute_layers: must be -1 (all) or a count >= 0, got {c.recompute_layers!r}")
     budget = c.memory_budget_gib
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < 0:
-        raise TrainingError(f"memory_budget_gib: must be a positive number of GiB (0: off), got {budget!r}")
-    if budget and (c.recompute_layers != -1 or c.dequant_cache != 0):
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or (budget < 0 and budget != -1):
+        raise TrainingError(f"memory_budget_gib: must be 0 (automatic), -1 (off) or a positive number of GiB, "
+                            f"got {budget!r}")
+    if budget > 0 and (c.recompute_layers != -1 or c.dequant_cache != 0):
         raise TrainingError("memory_budget_gib: chooses recompute_layers and dequant_cache itself; "
                             "leave those at -1 and 0 or drop the budget")
     if not 0 <= c.dropout < 1 or not 0 <= c.warmup_ratio < 1:

@@ -150,3 +150,22 @@ def test_memory_budget_chooses_settings_that_fit_and_records_them(tiny_llama_dir
     assert tight["lean_nf4_matmuls"] == 14
     first = [json.loads((tmp_path / d / "metrics.jsonl").read_text().splitlines()[0])["loss"] for d in ("roomy", "tight")]
     assert first[0] == pytest.approx(first[1], rel=1e-3)
+
+
+def test_defaults_plan_memory_from_free_gpu_memory_and_record_it(tiny_llama_dir, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    import torch
+
+    train = [example(f"Item {i}?", "banana split " * (i % 5 + 1)) for i in range(32)]
+    common = dict(base_dir=tiny_llama_dir, train_examples=train, eval_examples=[], r=8, alpha=16,
+                  learning_rate=2e-2, max_steps=4, batch_size=8, max_length=64, device="cuda")
+    free = torch.cuda.mem_get_info()[0] / 2**30
+    auto = train_lora(out_dir=tmp_path / "auto", **train_args(common))  # nothing set: the automatic plan
+    plan = auto["memory_plan"]
+    assert plan["automatic"] is True and 0 < plan["budget_gib"] <= free
+    assert auto["lora"]["dropout"] == 0.0
+    assert plan["recompute_layers"] == 0 == auto["recomputed_layers"] and auto["dequantized_weights_cached"] == 14
+    least = train_lora(out_dir=tmp_path / "least", **train_args(common, memory_budget_gib=-1))
+    assert least["memory_plan"] is None and least["recomputed_layers"] == 2 and least["dequantized_weights_cached"] == 0
+    hand = train_lora(out_dir=tmp_path / "hand", **train_args(common, recompute_layers=1))  # a knob set by hand wins
+    assert hand["memory_plan"] is None and hand["recomputed_layers"] == 1

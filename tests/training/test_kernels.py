@@ -35,7 +35,8 @@ def _llama8b_weights(dequant_s=(5e-5, 6e-5, 9e-5)):
 
 
 def _peak(p, weights, base, act):
-    return base + (32 - p.recompute_layers) * act + sum(2 * weights[i][1] for i in p.cached)
+    # With no layer keeping its activations, the one being recomputed holds as much.
+    return base + max(32 - p.recompute_layers, 1) * act + sum(2 * weights[i][1] for i in p.cached)
 
 
 def test_plan_fits_the_budget_and_uses_it():
@@ -74,10 +75,12 @@ def test_plan_with_no_room_changes_nothing():
     p = plan(budget_bytes=int(8 * GIB), base_peak_bytes=int(8 * GIB), layers=32,
              layer_activation_bytes=int(0.7 * GIB), layer_forward_s=6e-3, weights=weights)
     assert (p.recompute_layers, p.cached, p.predicted_saving_s) == (32, [], 0.0)
+    assert p.predicted_peak_bytes == int(8 * GIB) + int(0.7 * GIB)  # the floor: one layer's activations live at a time
 
 
 def test_plan_counts_two_dequantizations_for_layers_that_keep_activations():
-    # Two layers of one 1000-element weight (2000 bytes cached); room for exactly 8000 bytes.
+    # Two layers of one 1000-element weight (2000 bytes cached); room for exactly 8000 bytes
+    # over base, of which the floor (one layer's recomputed activations) takes 4000.
     weights = [(0, 1000, 1.0), (1, 1000, 1.0)]
     budget = 10**9
     base = budget - margin_bytes(budget) - 8000
@@ -99,4 +102,4 @@ def test_memory_budget_excludes_setting_the_knobs(tmp_path):
     with pytest.raises(TrainingError, match="memory_budget_gib"):
         train_lora(base_dir=tmp_path, train_examples=[], eval_examples=[], out_dir=tmp_path / "o", config=TrainConfig(memory_budget_gib=16.0, recompute_layers=24))
     with pytest.raises(TrainingError, match="memory_budget_gib"):
-        train_lora(base_dir=tmp_path, train_examples=[], eval_examples=[], out_dir=tmp_path / "o", config=TrainConfig(memory_budget_gib=-1.0))
+        train_lora(base_dir=tmp_path, train_examples=[], eval_examples=[], out_dir=tmp_path / "o", config=TrainConfig(memory_budget_gib=-2.0))
