@@ -20,11 +20,17 @@ def _context(project_dir, *, log=print, console=None, third_party=True, extra_pl
     from edgelora import plugins
 
     cfg = config_mod.load(project_dir)
+    loaded = plugins.load(third_party=third_party, extra=list(extra_plugins))
+    source = loaded.registry.sources.get(cfg.base.source)
+    problems = config_mod.problems(cfg)
+    if source is not None and source.check:  # [base] fields are the registered source's to check
+        problems += [config_mod.locate(p, cfg.lines) for p in source.check(cfg.base, Path(project_dir))]
+    if problems:  # every command stops on what plan would report about edgelora.toml itself
+        raise ConfigError(problems=sorted(problems, key=config_mod.line_of))
     if (options or {}).get("toolkit"):  # build --with-toolkit: as if [bundle] toolkit = true (same cache key)
         import dataclasses
 
         cfg = dataclasses.replace(cfg, bundle=dataclasses.replace(cfg.bundle, toolkit=True))
-    loaded = plugins.load(third_party=third_party, extra=list(extra_plugins))
     for err in loaded.load_errors:
         log(f"warning: {err}")
     ctx = Context(config=cfg, project_dir=Path(project_dir).resolve(), registry=loaded.registry,
@@ -59,12 +65,13 @@ def plan(project_dir: str | Path, *, log=print, extra_plugins=()) -> dict:
     """Check config, dataset, base model, architecture, tokenizer and targets; every problem at once."""
     from edgelora.pipeline.plan import collect_problems
 
-    cfg = config_mod.load(project_dir)
+    load_problems: list[str] = []
+    cfg = config_mod.load(project_dir, problems=load_problems)
     from edgelora import plugins
 
     loaded = plugins.load(extra=list(extra_plugins))
     ctx = Context(config=cfg, project_dir=Path(project_dir).resolve(), registry=loaded.registry, log=log)
-    summary, problems = collect_problems(ctx)
+    summary, problems = collect_problems(ctx, load_problems)
     if problems:
         raise PlanError(loaded.load_errors + problems)
     # A broken plugin the project does not use must not stop it; one it uses shows up above
@@ -266,3 +273,21 @@ def list_plugins() -> dict:
     loaded = plugins.load()
     return {"plugins": [i.as_dict() for i in loaded.info], "registered": loaded.registry.listing(),
             "third_party": loaded.third_party, "errors": loaded.load_errors}
+
+
+# -- trying and tidying ------------------------------------------------------------
+
+def open_chat(model_or_bundle, *, trust=None):
+    """Context manager: the ChatModel (GGUF, stops, SYSTEM) of a .gguf, bundle folder or .tar;
+    talk to it with ``edgelora.host.chat.ChatSession``."""
+    from edgelora.host.chat import open_model
+
+    return open_model(model_or_bundle, trust=trust)
+
+
+def clean(project_dir, *, dry_run: bool = False) -> dict:
+    """Remove stage outputs under .edgelora/ that no stage's last run recorded (see runner.clean)."""
+    from edgelora.pipeline.runner import clean as clean_work
+
+    config_mod.load(project_dir)  # a project folder, not any folder
+    return clean_work(Path(project_dir).resolve() / ".edgelora", dry_run=dry_run)

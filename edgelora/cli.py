@@ -2,76 +2,46 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-import traceback
 from pathlib import Path
 
 import click
 
 from edgelora import __version__
-from edgelora.errors import EdgeloraError, PlanError
-
-
-def _console():
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False)
-
-
-def handle_errors(fn):
-    """One line per error; the traceback only with --debug."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        debug = click.get_current_context().find_root().params.get("debug")
-        try:
-            return fn(*args, **kwargs)
-        except PlanError as e:
-            for p in e.problems:
-                click.echo(f"problem: {p}", err=True)
-            click.echo(f"error: plan found {len(e.problems)} problem(s)", err=True)
-            if debug:
-                traceback.print_exc()
-            sys.exit(e.exit_code)
-        except EdgeloraError as e:
-            if debug:
-                traceback.print_exc()
-            click.echo(f"error: {e}", err=True)
-            sys.exit(e.exit_code)
-        except KeyboardInterrupt:
-            click.echo("error: interrupted", err=True)
-            sys.exit(130)
-        except Exception as e:  # an unexpected failure still gets one line
-            if debug:
-                traceback.print_exc()
-            from edgelora.util.extras import missing_extra
-
-            if missing_extra(e):  # a build-side command on a host-only install
-                click.echo(f"error: {missing_extra(e)}", err=True)
-                sys.exit(2)
-            first = str(e).splitlines()[0] if str(e) else ""
-            click.echo(f"error: {type(e).__name__}: {first} (run with --debug for the traceback)", err=True)
-            sys.exit(2)
-
-    return wrapper
-
-
-project_dir = click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
-"""The project folder argument shared by every command that works on a project."""
+from edgelora import cli_host
+from edgelora.cli_support import EXIT_CODES, handle_errors, make_console, project_dir
 
 
 class _Group(click.Group):
     def list_commands(self, ctx):
         return list(self.commands)
 
+    def parse_args(self, ctx, args):
+        # --debug also after the command (`edgelora build . --debug`), as llm and git-style tools take it
+        end = args.index("--") if "--" in args else len(args)
+        if "--debug" in args[1:end]:
+            args = ["--debug"] + [a for i, a in enumerate(args) if not (a == "--debug" and i < end)]
+        return super().parse_args(ctx, args)
 
-@click.group(cls=_Group)
+    def format_commands(self, ctx, formatter):
+        # each command's whole first sentence, wrapped in its column; click's default cuts it with "..."
+        rows = [(name, cmd.get_short_help_str(limit=10_000)) for name in self.list_commands(ctx)
+                if (cmd := self.get_command(ctx, name)) is not None and not cmd.hidden]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=_Group, epilog="\b\nExample:\n  edgelora init myproj && edgelora plan myproj && "
+             "edgelora build myproj\n\n" + EXIT_CODES)
 @click.version_option(__version__, prog_name="edgelora")
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.option("--debug", is_flag=True, help="Show tracebacks and library warnings (also accepted after the command).")
 def cli(debug):
     """Fine-tune a pinned base LLM and carry it to an air-gapped Ollama host as a verified bundle."""
+    from edgelora.util.console import quiet_libraries
+
+    quiet_libraries(debug)
 
 
 @cli.command()
@@ -89,33 +59,54 @@ def init(directory, name, force):
 
 @cli.command()
 @project_dir
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (problems still go to stderr).")
 @handle_errors
-def plan(directory):
-    """Check config, data, base model, architecture and targets; report every problem."""
+def plan(directory, as_json):
+    """Check config, data (tokenized with the base's chat template), base, architecture and targets: every problem.
+
+    What needs the fetched base is listed as `not checked until fetch`.
+    """
     from edgelora import api
+    from edgelora.pipeline.plan import NOT_UNTIL_FETCH
 
     summary = api.plan(directory, log=lambda m: click.echo(m, err=True))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+        return
+    unchecked = summary.pop(NOT_UNTIL_FETCH, [])
     for k, v in summary.items():
         if k != "warnings":
-            click.echo(f"{k:18s} {v}")
-    click.echo("plan: ok")
+            click.echo(f"{k:18s} {', '.join(map(str, v)) if isinstance(v, list) else v}")
+    for item in unchecked:
+        click.echo(f"{'unchecked':18s} {item}: {NOT_UNTIL_FETCH}")
+    click.echo("plan: no problems found" + (f"; {len(unchecked)} check(s) wait for `edgelora fetch`"
+                                            if unchecked else ""))
 
 
 @cli.command()
 @project_dir
-@click.option("--force", "force", multiple=True, help="Re-run this stage even if cached (repeatable).")
+@click.option("--force", "force", multiple=True, metavar="STAGE",
+              help="Re-run this stage even if cached (repeatable; `edgelora plugins` lists the stages).")
 @click.option("--no-gate", is_flag=True, help="Build the bundle even when an [eval] gate fails (recorded in the manifest).")
 @click.option("--with-toolkit", is_flag=True,
               help="Add toolkit/ (edgelora's host-side wheels and install.sh) to the bundle, as [bundle] toolkit = true.")
+@click.option("--json", "as_json", is_flag=True, help="Print the build result (bundle, scores, reports) as JSON.")
 @handle_errors
-def build(directory, force, no_gate, with_toolkit):
-    """fetch-base → train → merge → convert → quantize → evaluate → gate → modelfile → bundle → verify."""
+def build(directory, force, no_gate, with_toolkit, as_json):
+    """Plan, then fetch-base → train → merge → convert → quantize → evaluate → gate → modelfile → bundle → verify.
+
+    Unchanged stages are skipped; --force STAGE re-runs one.
+    """
     from edgelora import api
 
-    console = _console()
+    console = make_console()
     api.plan(directory, log=console.print)
     result = api.build(directory, force=force, log=console.print, console=console, gate=not no_gate,
                        with_toolkit=with_toolkit)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+        sys.exit(0 if result["verify_ok"] and all(t.get("ok") for t in (result["bundle"].get("targets") or {}).values())
+                 else 1)
     _print_scores((result.get("eval") or {}) | {"gates": (result.get("gates") or {}).get("results")})
     _print_quant_quality(result)
     b = result["bundle"]
@@ -168,7 +159,7 @@ def eval_command(directory, models, sets, as_json):
     """Score eval sets on the project's models through llama-cpp-python (greedy)."""
     from edgelora import api
 
-    console = _console()
+    console = make_console()
     report = api.evaluate(directory, models=models, sets=sets or None, log=console.print)
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
@@ -194,7 +185,7 @@ def _stage_command(name: str, stage: str, doc: str):
     def command(directory, force):
         from edgelora import api
 
-        console = _console()
+        console = make_console()
         ctx = api.run_stages(directory, [stage], force=[stage] if force else [], log=console.print,
                              console=console)
         if stage == "modelfile":
@@ -221,7 +212,7 @@ def train(directory, force, resume):
     """
     from edgelora import api
 
-    console = _console()
+    console = make_console()
     ctx = api.run_stages(directory, ["train"], force=["train"] if (force or resume) else [], log=console.print,
                          console=console, options={"resume": resume, "force": force})
     for k, v in ctx.artifacts.items():
@@ -232,17 +223,45 @@ def train(directory, force, resume):
 _stage_command("modelfile", "modelfile", "Render the project's Ollama Modelfile (runs the stages it needs).")
 
 
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
+
+
+def _size(n: int) -> str:
+    from edgelora.util.files import human_bytes
+
+    return human_bytes(n)
+
+
+def _report(report: dict, as_json: bool, summary: str) -> None:
+    click.echo(json.dumps(report, indent=2, default=str) if as_json else summary)
+
+
+def _convert_summary(report: dict) -> str:
+    conv = report.get("convert", report)
+    check = report.get("validation")
+    what = (f"{conv['path']}: LoRA GGUF ({conv['lora_pairs']} pairs)" if conv.get("type") == "lora-adapter"
+            else f"{conv['path']}: {conv['gguf_arch']} {conv['outtype'].upper()}, {conv['n_tensors']} tensors")
+    line = f"{what}, {_size(conv['file_bytes'])} in {conv['seconds']:.1f} s"
+    if check:
+        logits = check.get("logits", check)
+        line += (f"; checked against HF: top-1 agreement {logits['top1_agreement']:.3f}, "
+                 f"max |Δlogit| {logits['max_abs_delta']:.3g}")
+    return line
+
+
 @cli.command()
 @click.argument("base", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("adapter", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path))
+@_json_option
 @handle_errors
-def merge(base, adapter, output):
+def merge(base, adapter, output, as_json):
     """Merge a PEFT LoRA ADAPTER into BASE and write merged safetensors to -o DIR."""
     from edgelora import api
 
     report = api.merge(base, adapter, output)
-    click.echo(json.dumps(report, indent=2, default=str))
+    _report(report, as_json, f"merged {report['merged_tensors']} tensors into {report['path']} "
+                             f"({report['tensors']} tensors, {_size(report['bytes'])})")
 
 
 @cli.command()
@@ -256,8 +275,9 @@ def merge(base, adapter, output):
               help="Write only the adapter, as a LoRA GGUF sidecar (llama.cpp lora_path) for the base's GGUF.")
 @click.option("--base-gguf", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="With --adapter-only: the base GGUF to validate the sidecar on (default: a temporary one).")
+@_json_option
 @handle_errors
-def convert(model_dir, output, adapter, outtype, no_validate, adapter_only, base_gguf):
+def convert(model_dir, output, adapter, outtype, no_validate, adapter_only, base_gguf, as_json):
     """Convert an HF model directory (optionally + adapter) to GGUF, checked against HF logits."""
     from edgelora import api
 
@@ -268,7 +288,7 @@ def convert(model_dir, output, adapter, outtype, no_validate, adapter_only, base
                                      base_gguf=base_gguf)
     else:
         report = api.convert(model_dir, output, adapter_dir=adapter, outtype=outtype, validate=not no_validate)
-    click.echo(json.dumps(report, indent=2, default=str))
+    _report(report, as_json, _convert_summary(report))
 
 
 @cli.command()
@@ -277,157 +297,75 @@ def convert(model_dir, output, adapter, outtype, no_validate, adapter_only, base
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--imatrix", "imatrix_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Importance matrix file (GGUF imatrix or legacy .dat); needed by IQ1/IQ2/IQ3_XXS and Q2_K_S.")
+@_json_option
 @handle_errors
-def quantize(input_gguf, qtype, output, imatrix_path):
+def quantize(input_gguf, qtype, output, imatrix_path, as_json):
     """Quantize a GGUF with llama.cpp's own quantizer."""
     from edgelora import api
 
     report = api.quantize(input_gguf, output, qtype, imatrix_path=imatrix_path)
-    click.echo(json.dumps(report, indent=2, default=str))
+    _report(report, as_json, f"{report['out_path']}: {report['qtype']}, {_size(report['in_bytes'])} -> "
+                             f"{_size(report['out_bytes'])}{' with importance matrix' if report['imatrix'] else ''} "
+                             f"in {report['seconds']:.1f} s")
 
-
-_trust_option = click.option(
-    "--trust", type=click.Path(exists=True, path_type=Path), envvar="EDGELORA_TRUST",
-    help="Trusted Ed25519 public key (.pub) or a folder of them: unsigned or wrongly signed bundles are refused.")
 
 
 @cli.command()
-@click.argument("bundle", type=click.Path(exists=True, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
-@click.option("--no-probes", is_flag=True, help="Only check files; do not load the model.")
-@click.option("--allow-plugins", is_flag=True, help="Also run third-party verify plugins (off by default).")
-@_trust_option
+@project_dir
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
 @handle_errors
-def verify(bundle, as_json, no_probes, allow_plugins, trust):
-    """Verify a bundle (directory or .tar): signature, checksums, GGUF header and load, recorded probes."""
-    from edgelora import api
-    from edgelora.host.verify import format_report
+def clean(directory, dry_run):
+    """Remove model files under .edgelora/ that no stage's last run recorded (stale GGUFs, old checkpoints).
 
-    report = api.verify(bundle, run_probes=not no_probes, allow_plugins=allow_plugins, trust=trust)
-    if as_json:
-        click.echo(json.dumps({k: v for k, v in report.items() if k != "manifest"}, indent=2, default=str))
-    else:
-        click.echo(format_report(report))
-    sys.exit(0 if report["ok"] else 1)
-
-
-@cli.command()
-@click.argument("key", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--type", "key_type", type=click.Choice(["ed25519", "ecdsa-p256"]), default="ed25519", show_default=True,
-              help="ed25519 signs manifest.sig ([bundle] signing_key); ecdsa-p256 signs model.sig, the OpenSSF "
-                   "model-signing signature ([bundle] model_signing_key).")
-@handle_errors
-def keygen(key, key_type):
-    """Make a key pair: KEY (private, mode 0600) and KEY.pub; never overwrites."""
-    from edgelora import api
-
-    out = api.keygen(key, key_type)
-    if key_type != "ed25519":
-        click.echo(f"private key: {out['private']} (mode 0600; set [bundle] model_signing_key to it)\n"
-                   f"public key:  {out['public']} (check model.sig with: model_signing verify key "
-                   f"--signature BUNDLE_DIR/model.sig --public_key {out['public']} BUNDLE_DIR)")
-        return
-    click.echo(f"private key: {out['private']} (mode 0600; set [bundle] signing_key to it)\n"
-               f"public key:  {out['public']} (copy to the target host; verify/install --trust it)\n"
-               f"key id:      {out['key_id']}")
-
-
-@cli.command()
-@click.argument("bundle", type=click.Path(exists=True, path_type=Path))
-@click.option("--name", help="Ollama model NAME:TAG (default: the bundle's, else <name>:<version>).")
-@click.option("--store", type=click.Path(file_okay=False, path_type=Path),
-              help="Write into this Ollama model store instead of running `ollama create` "
-                   "(default when ollama is absent: $OLLAMA_MODELS or ~/.ollama/models).")
-@click.option("--allow-downgrade", is_flag=True, help="Allow a lower version, or a reused version with other content.")
-@click.option("--no-probes", is_flag=True, help="Verify files and GGUF header only; do not load the model.")
-@click.option("--lock-timeout", type=float, default=60.0, show_default=True,
-              help="Seconds to wait for another install holding the store lock.")
-@_trust_option
-@handle_errors
-def install(bundle, name, store, allow_downgrade, no_probes, lock_timeout, trust):
-    """Verify BUNDLE (folder or .tar), then install it into Ollama atomically."""
-    from edgelora import api
-
-    result = api.install(bundle, name=name, store=store, allow_downgrade=allow_downgrade, trust=trust,
-                         run_probes=not no_probes, lock_timeout=lock_timeout,
-                         log=lambda m: click.echo(m, err=True))
-    click.echo(f"installed {result['model']} ({result['via']}); run it with: ollama run {result['model']}")
-
-
-@cli.command()
-@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--python", "python", metavar="X.Y", help="The host's Python version (default: this one).")
-@click.option("--platform", "platform", metavar="TAG",
-              help="The host's platform tag, e.g. manylinux_2_28_aarch64 (default: this machine's).")
-@click.option("--find-links", "find_links", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Wheelhouse folder searched first (repeatable), e.g. one holding llama-cpp-python built on the host.")
-@click.option("--no-download", is_flag=True, help="Never use the network; fail on a wheel found nowhere locally.")
-@handle_errors
-def toolkit(out_dir, python, platform, find_links, no_download):
-    """Write the host toolkit alone: wheels for edgelora's host side, requirements.txt with hashes, install.sh.
-
-    Wheels come from --find-links, pip's wheel cache, this environment's installed copy (same
-    Python and platform), and last the package index (`pip download`, the only network use).
+    Reports, the fetched base and the stage cache records stay, so unchanged stages are still skipped.
     """
     from edgelora import api
 
-    out = api.toolkit(out_dir, python=python, platform=platform, find_links=find_links, download=not no_download,
-                      log=lambda m: click.echo(m, err=True))
-    click.echo(f"toolkit: {out['dir']} ({len(out['wheels'])} wheels, {out['size_bytes'] / 1e6:.1f} MB); "
-               f"on the host: sh {out['dir']}/install.sh [VENV_DIR]")
+    result = api.clean(directory, dry_run=dry_run)
+    for path in result["removed"]:
+        click.echo(f"{'would remove' if dry_run else 'removed'} {path}")
+    click.echo(f"{'would free' if dry_run else 'freed'} {_size(result['bytes'])} "
+               f"({len(result['removed'])} item(s)); the stage cache still skips unchanged stages")
 
 
-@cli.command("list")
-@click.option("--store", type=click.Path(file_okay=False, path_type=Path), help="Ollama model store to read.")
-@click.option("--json", "as_json", is_flag=True)
-@handle_errors
-def list_command(store, as_json):
-    """Models edgelora installed, with their bundle version."""
-    from edgelora import api
-
-    rows = api.list_installed(store=store)
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    if not rows:
-        click.echo("no models installed by edgelora")
-    for r in rows:
-        state = "" if r.get("present", True) else "  (manifest missing)"
-        click.echo(f"{r['model']:32s} {r['bundle']} {r['version']:10s} {r['via']:14s} {r['installed_at']}{state}")
-
-
-@cli.command()
-@click.argument("model")
-@click.option("--store", type=click.Path(file_okay=False, path_type=Path), help="Ollama model store.")
-@handle_errors
-def uninstall(model, store):
-    """Remove NAME[:TAG] that edgelora installed; blobs other models use are kept."""
-    from edgelora import api
-
-    for key in api.uninstall(model, store=store, log=lambda m: None):
-        click.echo(f"uninstalled {key}")
+EXAMPLES = {
+    "init": "edgelora init support-bot --name support-bot",
+    "plan": "edgelora plan support-bot\n  edgelora plan support-bot --json | jq .max_seq_length",
+    "build": "edgelora build support-bot\n  edgelora build support-bot --force train --debug",
+    "eval": "edgelora eval support-bot --model base --model gguf:Q8_0 --set heldout",
+    "fetch": "HF_HUB_OFFLINE=0 edgelora fetch support-bot",
+    "train": "edgelora train support-bot\n  edgelora train support-bot --resume",
+    "modelfile": "edgelora modelfile support-bot > Modelfile",
+    "merge": "edgelora merge base/ adapter/ -o merged/",
+    "convert": "edgelora convert merged/ -o model.F16.gguf\n"
+               "  edgelora convert base/ --adapter adapter/ --adapter-only -o lora.gguf",
+    "quantize": "edgelora quantize model.F16.gguf --type Q4_K_M -o model.Q4_K_M.gguf",
+    "verify": "edgelora verify dist/support-bot-0.1.0.tar --trust keys/",
+    "keygen": "edgelora keygen keys/release.key",
+    "install": "edgelora install support-bot-0.1.0.tar --trust release.key.pub",
+    "list": "edgelora list --json",
+    "uninstall": "edgelora uninstall support-bot:0.1.0",
+    "plugins": "edgelora plugins --json",
+    "chat": "edgelora chat dist/support-bot-0.1.0 \"How do I reset my password?\"\n"
+            "  edgelora chat model.Q8_0.gguf",
+    "clean": "edgelora clean support-bot --dry-run",
+    "toolkit": "edgelora toolkit host-kit\n  edgelora toolkit host-kit --python 3.12 --platform manylinux2014_aarch64 --find-links wheels/",
+}
 
 
-@cli.command("plugins")
-@click.option("--json", "as_json", is_flag=True)
-@handle_errors
-def plugins_command(as_json):
-    """List every registered stage, source, architecture and target, with its plugin."""
-    from edgelora import api
+for _command in cli_host.COMMANDS:
+    cli.add_command(_command)
 
-    info = api.list_plugins()
-    if as_json:
-        click.echo(json.dumps(info, indent=2))
-        return
-    click.echo(f"{'plugin':38s} {'version':9s} {'source':12s} registers")
-    for p in info["plugins"]:
-        what = f"BROKEN: {p['error']}" if p["error"] else (", ".join(p["registers"]) or
-                                                           "hooks: " + ", ".join(p["hooks"]))
-        click.echo(f"{p['name']:38s} {p['version']:9s} {p['source']:12s} {what}")
-    click.echo("")
-    click.echo(f"{'kind':13s} {'name':16s} {'plugin':38s} description")
-    for row in info["registered"]:
-        click.echo(f"{row['kind']:13s} {row['name']:16s} {row['plugin']:38s} {row['description']}")
+
+def _add_examples() -> None:
+    """Every --help ends with an example, like llm's and huggingface-cli's."""
+    for name, example in EXAMPLES.items():
+        command = cli.commands.get(name)
+        if command is not None and not command.epilog:
+            command.epilog = "\b\nExample" + ("s" if "\n" in example else "") + ":\n  " + example
+
+
+_add_examples()
 
 
 def _add_plugin_commands():

@@ -7,11 +7,13 @@ them into the scaffolded file as comments, so the file documents itself.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import tomllib
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_origin, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 from edgelora.errors import ConfigError
 
@@ -41,13 +43,17 @@ class BaseConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    train: str = _f("data/train.jsonl", "Data file (.jsonl/.json/.parquet) or folder: chat 'messages', Alpaca, prompt/completion or 'text'.")
+    train: str | list = _f("data/train.jsonl", "Data file (.jsonl/.json/.parquet), folder, glob, or a list of them: "
+                           "chat 'messages', ShareGPT 'conversations', Alpaca, prompt/completion or 'text'.")
     heldout: str = _f("", "Optional held-out JSONL; when empty, eval_fraction of train is held out.")
     eval_fraction: float = _f(0.1, "Share of train held out for eval loss when no held-out file is given.")
     probes: str = _f("", "Optional JSONL of differently phrased conversations, scored like held-out.")
     mix: list = _f([], "General instruction data mixed into training against forgetting: "
                    "[{path = \"data/general.jsonl\", ratio = 0.1}] adds round(ratio * train examples) of it, seeded.")
-    max_seq_length: int = _f(256, "Examples are truncated to this many tokens (reported in the data report).")
+    max_seq_length: int = _f(0, "Tokens per example (0: fit the data: the longest example rounded up to a multiple of "
+                             "64, capped by the model's context). Longer examples are truncated.")
+    allow_truncation: bool = _f(False, "Build even when more than 5% of examples are truncated or some lose every "
+                                "assistant token to truncation (plan and build stop otherwise).")
     seed: int = _f(0, "Seed for the held-out split and shuffling.")
     near_duplicate_threshold: float = _f(0.85, "Drop examples whose word 3-grams overlap an earlier one this much (MinHash Jaccard; 0: off).")
 
@@ -164,6 +170,11 @@ class Config:
     bundle: BundleConfig = field(default_factory=BundleConfig)
     root: Path = field(default=Path("."), compare=False)
 
+    @property
+    def lines(self) -> dict:
+        """(section, key) -> line in edgelora.toml ((section, "") for the header); empty when not loaded from a file."""
+        return getattr(self, "_toml_lines", {})
+
     def section(self, name: str) -> dict:
         return dataclasses.asdict(getattr(self, name))
 
@@ -179,6 +190,10 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 def _coerce(section: str, key: str, value: Any, typ) -> Any:
     where = f"{CONFIG_NAME}: [{section}] {key}"
     origin = get_origin(typ) or typ
+    if origin is types.UnionType:  # str | list: one path or a list of paths
+        if isinstance(value, str) or (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
+            return value
+        raise ConfigError(f"{where}: expected a string or a non-empty list of strings, got {value!r}")
     if origin is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true/false, got {value!r}")
@@ -202,39 +217,117 @@ def _coerce(section: str, key: str, value: Any, typ) -> Any:
     return value
 
 
-def from_dict(raw: dict, root: Path = Path(".")) -> Config:
+def _did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _section_classes() -> dict:
+    return {f.name: f.default_factory for f in dataclasses.fields(Config) if f.name in SECTIONS}
+
+
+def from_dict(raw: dict, root: Path = Path("."), *, problems: list[str] | None = None,
+              lines: dict | None = None) -> Config:
+    """A Config from parsed TOML. Every unknown section or key and every wrongly typed value
+    is a problem; with ``problems`` given they are appended there (the field keeps its
+    default), otherwise they are raised together as one ConfigError."""
+    found: list[str] = []
+    lines = lines or {}
+    classes = _section_classes()
+    owner = {sf.name: name for name, cls in classes.items() for sf in dataclasses.fields(cls)}
     sections = {}
     for name, value in raw.items():
         if name not in SECTIONS:
-            raise ConfigError(f"{CONFIG_NAME}: unknown section [{name}] (known: {', '.join(SECTIONS)})")
-        if not isinstance(value, dict):
-            raise ConfigError(f"{CONFIG_NAME}: [{name}] must be a table")
-    for f in dataclasses.fields(Config):
-        if f.name == "root":
-            continue
-        cls = f.default_factory  # the section dataclass
+            found.append(f"{CONFIG_NAME}: [{name}] unknown section{_did_you_mean(name, SECTIONS)}"
+                         + ("" if _did_you_mean(name, SECTIONS) else f" (sections: {', '.join(SECTIONS)})"))
+        elif not isinstance(value, dict):
+            found.append(f"{CONFIG_NAME}: [{name}] must be a table")
+    for name, cls in classes.items():
         hints = get_type_hints(cls)
         known = {sf.name for sf in dataclasses.fields(cls)}
         values = {}
-        for key, value in raw.get(f.name, {}).items():
+        table = raw.get(name, {})
+        for key, value in (table.items() if isinstance(table, dict) else ()):
             if key not in known:
-                raise ConfigError(f"{CONFIG_NAME}: [{f.name}] unknown field '{key}' (known: {', '.join(sorted(known))})")
-            values[key] = _coerce(f.name, key, value, hints[key])
-        sections[f.name] = cls(**values)
-    return Config(**sections, root=root)
+                hint = _did_you_mean(key, known)
+                if not hint and key in owner:
+                    hint = f"; '{key}' belongs in [{owner[key]}]"
+                found.append(f"{CONFIG_NAME}: [{name}] {key}: unknown field{hint}")
+                continue
+            try:
+                values[key] = _coerce(name, key, value, hints[key])
+            except ConfigError as e:
+                found.append(str(e))
+        sections[name] = cls(**values)
+    found = sorted((locate(p, lines) for p in found), key=line_of)  # in file order, as a reader fixes them
+    if found and problems is None:
+        raise ConfigError(problems=found)
+    if problems is not None:
+        problems.extend(found)
+    cfg = Config(**sections, root=root)
+    object.__setattr__(cfg, "_toml_lines", dict(lines))  # not a field: positions are not configuration
+    return cfg
 
 
-def load(project_dir: str | Path) -> Config:
+_HEADER_RE = re.compile(r"^\s*\[\s*([A-Za-z0-9_.-]+)\s*\]\s*(#.*)?$")
+_KEY_RE = re.compile(r"^\s*([A-Za-z0-9_-]+)\s*=")
+
+
+def toml_lines(text: str) -> dict:
+    """(section, key) -> 1-based line of each top-level ``key =`` and ``[section]`` header.
+
+    tomllib keeps no positions; this line scan covers what edgelora.toml holds (plain
+    tables of keys, values possibly spanning lines)."""
+    out: dict = {}
+    section = ""
+    depth = 0  # open [ / { of a value spanning lines: its lines hold no keys of the table
+    for n, line in enumerate(text.splitlines(), start=1):
+        if depth == 0:
+            m = _HEADER_RE.match(line)
+            if m:
+                section = m.group(1)
+                out.setdefault((section, ""), n)
+                continue
+            m = _KEY_RE.match(line)
+            if m:
+                out.setdefault((section, m.group(1)), n)
+        code = re.sub(r'"(\\.|[^"\\])*"|\'[^\']*\'|#.*$', "", line)
+        depth = max(0, depth + code.count("[") + code.count("{") - code.count("]") - code.count("}"))
+    return out
+
+
+_WHERE_RE = re.compile(rf"^{re.escape(CONFIG_NAME)}: \[([A-Za-z0-9_.-]+)\] ?([A-Za-z0-9_]*)")
+
+
+def line_of(problem: str) -> int:
+    m = re.match(rf"{re.escape(CONFIG_NAME)}:(\d+):", problem)
+    return int(m.group(1)) if m else 1 << 30
+
+
+def locate(problem: str, lines: dict) -> str:
+    """``edgelora.toml: [train] r ...`` -> ``edgelora.toml:12: [train] r ...`` when the key
+    (else its section header) is in the file."""
+    m = _WHERE_RE.match(problem)
+    if not m:
+        return problem
+    line = lines.get((m.group(1), m.group(2))) or lines.get((m.group(1), ""))
+    if line is None:
+        return problem
+    return f"{CONFIG_NAME}:{line}:" + problem[len(CONFIG_NAME) + 1:]
+
+
+def load(project_dir: str | Path, *, problems: list[str] | None = None) -> Config:
+    """Read edgelora.toml. Unknown keys and wrong types: see :func:`from_dict`."""
     root = Path(project_dir)
     path = root / CONFIG_NAME
     if not path.is_file():
         raise ConfigError(f"{path}: not found (run `edgelora init {root}` to create one)")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        raw = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: {e}") from None
-    cfg = from_dict(raw, root=root.resolve())
-    return cfg
+    return from_dict(raw, root=root.resolve(), problems=problems, lines=toml_lines(text))
 
 
 def problems(cfg: Config) -> list[str]:
@@ -272,8 +365,8 @@ def problems(cfg: Config) -> list[str]:
         out.append(f"{w}: [merge] base {cfg.merge.base!r} must be auto, bf16 or nf4")
     if not (0 < cfg.data.eval_fraction < 1) and not cfg.data.heldout:
         out.append(f"{w}: [data] eval_fraction must be in (0, 1)")
-    if cfg.data.max_seq_length < 16:
-        out.append(f"{w}: [data] max_seq_length must be at least 16")
+    if cfg.data.max_seq_length != 0 and cfg.data.max_seq_length < 16:
+        out.append(f"{w}: [data] max_seq_length must be 0 (fit the data) or at least 16")
     if cfg.export.outtype not in ("f16", "bf16", "f32"):
         out.append(f"{w}: [export] outtype {cfg.export.outtype!r} must be f16, bf16 or f32")
     if not cfg.export.quantize:
@@ -291,7 +384,7 @@ def problems(cfg: Config) -> list[str]:
 
     out.extend(eval_problems(cfg))
     out.extend(mix_problems(cfg.data.mix))
-    return out
+    return [locate(p, cfg.lines) for p in out]
 
 
 def render_template(cfg: Config | None = None) -> str:
@@ -299,7 +392,7 @@ def render_template(cfg: Config | None = None) -> str:
     cfg = cfg or Config()
     lines = ["# edgelora project. Every field is documented; delete what you do not change.", ""]
     for f in dataclasses.fields(Config):
-        if f.name == "root":
+        if f.name not in SECTIONS:
             continue
         section = getattr(cfg, f.name)
         lines.append(f"[{f.name}]")

@@ -8,9 +8,31 @@ from __future__ import annotations
 
 
 class EdgeloraError(Exception):
-    """Root of every error edgelora raises on purpose."""
+    """Root of every error edgelora raises on purpose.
+
+    ``problems`` (optional) lists several independent problems, one line each; the CLI
+    prints one per line, and ``str(err)`` joins them."""
 
     exit_code = 1
+
+    def __init__(self, *args, problems: list[str] | None = None):
+        self.problems = list(problems) if problems else None
+        if not args and self.problems:
+            args = (self.problems[0] if len(self.problems) == 1
+                    else f"{len(self.problems)} problems: " + "; ".join(self.problems),)
+        super().__init__(*args)
+
+
+class UsageError(EdgeloraError):
+    """A command was called wrongly (an unknown stage name, a bad option value)."""
+
+    exit_code = 2
+
+
+class NetworkError(EdgeloraError):
+    """The network was needed (only `edgelora fetch` uses it) and failed; names the host."""
+
+    exit_code = 2
 
 
 class ConfigError(EdgeloraError):
@@ -103,5 +125,5 @@ class PlanError(EdgeloraError):
     """Several problems found at once by ``edgelora plan``."""
 
     def __init__(self, problems: list[str]):
+        super().__init__(f"{len(problems)} problem(s): " + "; ".join(problems), problems=problems)
         self.problems = list(problems)
-        super().__init__(f"{len(self.problems)} problem(s): " + "; ".join(self.problems))

@@ -38,6 +38,8 @@ def _llama_cpp_commit() -> str | None:
 
 
 def build_manifest_extra(ctx, *, probes: list[dict], probe_model: str) -> dict:
+    from edgelora.data.guards import max_seq_length
+
     cfg = ctx.config
     base = ctx.need(A.BASE)
     ds = ctx.need(A.DATASET)
@@ -48,7 +50,7 @@ def build_manifest_extra(ctx, *, probes: list[dict], probe_model: str) -> dict:
             "base": {"source": base["source"], "revision": base["revision"], "files": base["files"]},
             "dataset": {"sha256": ds["sha256"], "report": ds["report"]},
             "train": {"config": dataclasses.asdict(cfg.train), "seed": cfg.train.seed,
-                      "max_seq_length": cfg.data.max_seq_length, "report": train_report},
+                      "max_seq_length": max_seq_length(ctx), "report": train_report},
             "adapter": {k: adapter_cfg.get(k) for k in
                         ("r", "lora_alpha", "use_rslora", "target_modules", "lora_dropout",
                          "rank_pattern", "alpha_pattern", "modules_to_save")},

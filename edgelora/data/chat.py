@@ -78,12 +78,13 @@ def example_problem(record) -> str | None:
 
 
 def raise_problems(problems: list[str]) -> None:
+    """One DataError carrying every problem (the CLI prints one per line)."""
     if len(problems) == 1:
-        raise DataError(problems[0])
+        raise DataError(problems[0], problems=problems)
     shown = "; ".join(problems[:SHOWN_PROBLEMS])
     more = len(problems) - SHOWN_PROBLEMS
     tail = f"; and {more} more" if more > 0 else ""
-    raise DataError(f"{len(problems)} problems in dataset: {shown}{tail}")
+    raise DataError(f"{len(problems)} problems in dataset: {shown}{tail}", problems=problems)
 
 
 def load_chat_examples(path: str | os.PathLike) -> list[dict]:
@@ -259,6 +260,19 @@ def encode_text(tokenizer, text: str, *, max_length: int) -> dict:
     return {"input_ids": ids[:max_length], "labels": ids[:max_length], "truncated": len(ids) > max_length}
 
 
+def has_trained_tokens(encoded: dict) -> bool:
+    """Whether any label after the first is trained on (the first predicts nothing: labels
+    are shifted by one). Training skips an example without; the data report counts them."""
+    return any(t != IGNORE_INDEX for t in encoded["labels"][1:])
+
+
+def truncate(encoded: dict, max_length: int) -> dict:
+    """An encoding cut to ``max_length`` tokens, marked ``truncated`` when it was longer."""
+    n = len(encoded["input_ids"])
+    return {"input_ids": encoded["input_ids"][:max_length], "labels": encoded["labels"][:max_length],
+            "truncated": encoded.get("truncated", False) or n > max_length}
+
+
 def encode_example(tokenizer, example: dict, *, max_length: int) -> dict:
     """Encode a normalised example: chat (assistant-only labels) or plain text (all tokens)."""
     if "text" in example:
@@ -307,5 +321,5 @@ def data_report(examples: list[dict], encoded: list[dict], *, duplicates_removed
             "max": lengths[-1] if lengths else 0,
         },
         "truncated": sum(1 for e in encoded if e["truncated"]),
-        "without_trained_tokens": sum(1 for n in label_tokens if n == 0),
+        "without_trained_tokens": sum(1 for e in encoded if not has_trained_tokens(e)),
     }

@@ -1,10 +1,11 @@
 """Training data in the formats people have: chat, Alpaca, prompt/completion, plain text.
 
 Files: JSON Lines (``.jsonl``), a JSON array (``.json``), Parquet (``.parquet``, needs
-pyarrow), or a folder of them (read in name order). Every record is normalised to
-one of two shapes, and tagged with the file it came from (``source``):
+pyarrow), a folder of them (read in name order), a glob, or a list of those. Every record
+is normalised to one of two shapes, and tagged with the file it came from (``source``):
 
-- ``{"messages": [{"role", "content"}, ...], "source"}`` for chat, Alpaca
+- ``{"messages": [{"role", "content"}, ...], "source"}`` for chat, ShareGPT
+  (``conversations`` of ``from``/``value`` with human/gpt/system), Alpaca
   (instruction / optional input / output, optional system) and prompt/completion
   (strings, or lists of messages as TRL writes them);
 - ``{"text": str, "source"}`` for plain text (trained on every token).
@@ -16,6 +17,7 @@ problems each start with ``file:line:`` (JSON Lines and JSON arrays) or ``file:r
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from pathlib import Path
@@ -25,7 +27,27 @@ from edgelora.errors import DataError
 from edgelora.util.files import jsonl_records
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
-FORMATS_HINT = "'messages', 'instruction'+'output', 'prompt'+'completion' or 'text'"
+FORMATS_HINT = "'messages', 'conversations', 'instruction'+'output', 'prompt'+'completion' or 'text'"
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "system": "system"}
+GLOB_CHARS = "*?["
+
+
+def expand_paths(spec, resolve=Path) -> list[Path]:
+    """The paths a ``[data] train`` value names: a string or a list of strings, each a file,
+    a folder or a glob (``data/*.jsonl``, ``data/**/*.json``), resolved with ``resolve``.
+    A glob matching nothing is an error naming it."""
+    out: list[Path] = []
+    for item in [spec] if isinstance(spec, (str, os.PathLike)) else list(spec):
+        path = resolve(item)
+        if any(c in str(item) for c in GLOB_CHARS):
+            matches = sorted(Path(m) for m in glob.glob(str(path), recursive=True))
+            if not matches:
+                raise DataError(f"{path}: [data] glob matches no file")
+            out += [m for m in matches if m not in out]
+        elif path not in out:
+            out.append(path)
+    return out
 
 
 def data_files(path: str | os.PathLike) -> list[Path]:
@@ -52,10 +74,27 @@ def _text(value, name: str) -> str | None:
     return None
 
 
+def _sharegpt_messages(turns) -> tuple[list | None, str | None]:
+    if not isinstance(turns, list) or not turns:
+        return None, "'conversations' must be a non-empty list"
+    messages = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            return None, f"conversations[{i}] is {type(turn).__name__}, expected an object with from and value"
+        speaker, text = turn.get("from", turn.get("role")), turn.get("value", turn.get("content"))
+        if speaker not in SHAREGPT_ROLES:
+            return None, (f"conversations[{i}] has from={speaker!r} (expected human, gpt or system)")
+        messages.append({"role": SHAREGPT_ROLES[speaker], "content": text})
+    return messages, None
+
+
 def normalize_record(record) -> tuple[dict | None, str | None]:
     """(example, None) for a valid record of any known format, else (None, problem)."""
     if not isinstance(record, dict):
         return None, f"record is a JSON {type(record).__name__}, expected an object with {FORMATS_HINT}"
+    if "conversations" in record and "messages" not in record:  # ShareGPT
+        messages, problem = _sharegpt_messages(record["conversations"])
+        return (None, problem) if problem else normalize_record({"messages": messages})
     if "messages" in record:
         problem = example_problem(record)
         if problem:
@@ -149,14 +188,17 @@ def _parquet_records(file: Path):
         yield row, record, None
 
 
-def load_examples(path: str | os.PathLike) -> list[dict]:
-    """Load, validate and normalise every record under ``path`` (see the module docstring)."""
-    root = Path(path)
-    files = data_files(root)
+def load_examples(path: str | os.PathLike | list) -> list[dict]:
+    """Load, validate and normalise every record under ``path``, or under each of a list of
+    paths (see the module docstring)."""
+    roots = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
+    files = []
+    for root in roots:
+        files += [f for f in data_files(root) if f not in files]
     problems: list[str] = []
     examples: list[dict] = []
     for file in files:
-        source = file.name if root.is_dir() or root == file else str(file)
+        source = file.name
         suffix = file.suffix.lower()
         if suffix == ".parquet":
             records, where = _parquet_records(file), "row "

@@ -119,23 +119,97 @@ def fact_injection_warning(examples: list[dict]) -> str | None:
     return None
 
 
-def plan_warnings(ctx) -> list[str]:
-    """Warnings (not problems) for ``plan``: fact injection, and a mix file that cannot fill its ratio."""
+def plan_warnings(ctx, examples: list[dict], n_train: int | None = None) -> list[str]:
+    """Warnings (not problems) for ``plan`` on the task ``examples``: fact injection, and a mix
+    file that cannot fill its ratio of the ``n_train`` training examples (default: all)."""
     from edgelora.data.formats import load_examples as load
 
     d = ctx.config.data
-    path = ctx.config.resolve(d.train)
-    if not Path(path).exists():
-        return []
-    examples = load(path)
     out = []
     warning = fact_injection_warning(examples)
     if warning:
-        out.append(f"{path}: {warning}")
+        out.append(f"[data] train: {warning}")
     for entry in d.mix if not mix_problems(d.mix) else []:
         mpath = ctx.config.resolve(entry["path"])
         pool = load(mpath)
-        want = round(entry["ratio"] * len(examples))
+        want = round(entry["ratio"] * (len(examples) if n_train is None else n_train))
         if len(pool) < want:
             out.append(f"{mpath}: [data] mix ratio {entry['ratio']} wants {want} examples, the file has {len(pool)}")
     return out
+
+
+# -- truncation: what max_seq_length costs the data -------------------------------------
+# More than this share of truncated examples stops plan and build unless [data]
+# allow_truncation says otherwise; so does a single example left without assistant tokens.
+MAX_TRUNCATED_SHARE = 0.05
+SEQ_MULTIPLE = 64
+
+
+def fitted_max_seq_length(longest: int, context: int | None) -> int:
+    """The longest example rounded up to a multiple of SEQ_MULTIPLE, capped by the model's context."""
+    n = max(SEQ_MULTIPLE, -(-longest // SEQ_MULTIPLE) * SEQ_MULTIPLE)
+    return min(n, context) if context else n
+
+
+def fit_data(tokenizer, sets: dict[str, list[dict]], configured: int, context: int | None) -> dict:
+    """Encode every example of ``sets`` ({"train": [...], "heldout": [...]}) with the base's
+    tokenizer and chat template, choose max_seq_length (``configured``, or fitted when 0) and
+    count per set what truncation to it costs."""
+    from edgelora.data.chat import encode_example, has_trained_tokens, truncate
+
+    full = {name: [encode_example(tokenizer, ex, max_length=1 << 30) for ex in rows] for name, rows in sets.items()}
+    longest = max((len(e["input_ids"]) for rows in full.values() for e in rows), default=0)
+    chosen = configured or fitted_max_seq_length(longest, context)
+    out = {"max_seq_length": chosen, "auto": not configured, "longest": longest, "context": context, "sets": {}}
+    for name, rows in full.items():
+        cut = [truncate(e, chosen) for e in rows]
+        out["sets"][name] = {"examples": len(cut), "truncated": sum(e["truncated"] for e in cut),
+                             "without_trained_tokens": sum(not has_trained_tokens(e) for e in cut)}
+    out["encoded"] = {name: [truncate(e, chosen) for e in rows] for name, rows in full.items()}
+    return out
+
+
+def describe_fit(fit: dict) -> str:
+    """One line for plan and prepare-data: the length used and why."""
+    n = fit["max_seq_length"]
+    if not fit["auto"]:
+        return f"{n} tokens ([data] max_seq_length; longest example {fit['longest']})"
+    cap = f", capped by the model's context {fit['context']}" if fit["context"] and n == fit["context"] else ""
+    return (f"{n} tokens (auto: longest example {fit['longest']} rounded up to a multiple of {SEQ_MULTIPLE}{cap}; "
+            "set [data] max_seq_length to choose)")
+
+
+def truncation_problem(fit: dict, allow: bool) -> str | None:
+    """None when truncation is harmless or allowed; else one line with the numbers and what to change."""
+    n = fit["max_seq_length"]
+    total = sum(s["examples"] for s in fit["sets"].values())
+    truncated = sum(s["truncated"] for s in fit["sets"].values())
+    lost = sum(s["without_trained_tokens"] for s in fit["sets"].values())
+    if allow or not total or (lost == 0 and truncated <= MAX_TRUNCATED_SHARE * total):
+        return None
+    parts = []
+    if truncated:
+        parts.append(f"{truncated} of {total} examples ({truncated / total:.0%}) are longer than "
+                     f"max_seq_length={n} and would be truncated")
+    if lost:
+        parts.append(f"{lost} would lose every assistant token and be skipped")
+    fix = (f"raise [data] max_seq_length (longest example: {fit['longest']} tokens)" if fit["longest"] > n
+           else "fix the examples")
+    if fit["context"] and fit["longest"] > fit["context"]:
+        fix = f"shorten the examples longer than the model's context ({fit['context']} tokens)"
+    return f"data: {'; '.join(parts)}; {fix}, or set [data] allow_truncation = true"
+
+
+def max_seq_length(ctx) -> int:
+    """The max_seq_length in effect: the configured one, else the one prepare-data fitted."""
+    from edgelora import artifacts as A
+
+    return ctx.config.data.max_seq_length or ctx.need(A.DATASET)["report"]["max_seq_length"]
+
+
+def model_context(config: dict) -> int | None:
+    """The context length an HF config.json declares (None when it names none)."""
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        if isinstance(config.get(key), int) and config[key] > 0:
+            return config[key]
+    return None

@@ -4,34 +4,35 @@ later stages take from its output."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from edgelora import artifacts as A
 from edgelora.errors import DataError
 from edgelora.util.files import atomic_write_json, atomic_write_text, read_jsonl
 
 
-def prepare_data(ctx) -> dict:
-    from transformers import AutoTokenizer
-
-    from edgelora.data.chat import data_report, dataset_digest, deduplicate, encode_example, split_examples
-    from edgelora.data.formats import load_examples
+def assemble_examples(cfg) -> dict:
+    """The train, held-out and probe examples exactly as training will see them (loaded from
+    every [data] train path, deduplicated, split, mixed); ``plan`` and prepare-data share it."""
+    from edgelora.data.chat import deduplicate, split_examples
+    from edgelora.data.formats import expand_paths, load_examples
     from edgelora.data.guards import mix_general_data
     from edgelora.data.quality import remove_near_duplicates, source_shares
 
-    d = ctx.config.data
-    train_path = ctx.config.resolve(d.train)
-    if not train_path.exists():
-        raise DataError(f"{train_path}: [data] train file not found")
-    examples = load_examples(train_path)
+    d = cfg.data
+    train_paths = expand_paths(d.train, cfg.resolve)
+    for p in train_paths:
+        if not p.exists():
+            raise DataError(f"{p}: [data] train file not found")
+    examples = load_examples(train_paths)
     loaded_shares = source_shares(examples)
     examples, exact = deduplicate(examples)
     near = 0
     if d.near_duplicate_threshold > 0:
         examples, near = remove_near_duplicates(examples, d.near_duplicate_threshold)
-    removed = exact + near
-    paths = [train_path]
+    paths = list(train_paths)
     if d.heldout:
-        heldout_path = ctx.config.resolve(d.heldout)
+        heldout_path = cfg.resolve(d.heldout)
         heldout = load_examples(heldout_path)
         paths.append(heldout_path)
         train = examples
@@ -39,21 +40,51 @@ def prepare_data(ctx) -> dict:
         train, heldout = split_examples(examples, eval_fraction=d.eval_fraction, seed=d.seed)
     probes = []
     if d.probes:
-        probes_path = ctx.config.resolve(d.probes)
+        probes_path = cfg.resolve(d.probes)
         probes = load_examples(probes_path)
         paths.append(probes_path)
-    train, mixed = mix_general_data(train, d.mix, resolve=ctx.config.resolve, seed=d.seed, load=load_examples)
-    paths += [ctx.config.resolve(m["path"]) for m in d.mix]
-    tok = AutoTokenizer.from_pretrained(ctx.need(A.BASE)["path"], local_files_only=True)
-    encoded = [encode_example(tok, ex, max_length=d.max_seq_length) for ex in train]
-    report = data_report(train, encoded)
-    report.update({"duplicates_removed": removed, "exact_duplicates_removed": exact,
+    task_train = train
+    train, mixed = mix_general_data(train, d.mix, resolve=cfg.resolve, seed=d.seed, load=load_examples)
+    paths += [cfg.resolve(m["path"]) for m in d.mix]
+    return {"train": train, "task_train": task_train, "heldout": heldout, "probes": probes, "paths": paths,
+            "exact": exact, "near": near, "mixed": mixed, "loaded_shares": loaded_shares}
+
+
+def base_context(base_dir) -> int | None:
+    from edgelora.data.guards import model_context
+
+    cfg_path = Path(base_dir) / "config.json"
+    return model_context(json.loads(cfg_path.read_text())) if cfg_path.is_file() else None
+
+
+def prepare_data(ctx) -> dict:
+    from transformers import AutoTokenizer
+
+    from edgelora.data.chat import data_report, dataset_digest
+    from edgelora.data.guards import describe_fit, fit_data, truncation_problem
+    from edgelora.data.quality import source_shares
+
+    d = ctx.config.data
+    sets = assemble_examples(ctx.config)
+    train, heldout, probes, exact, near = (sets[k] for k in ("train", "heldout", "probes", "exact", "near"))
+    base_dir = ctx.need(A.BASE)["path"]
+    tok = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
+    fit = fit_data(tok, {"train": train, "heldout": heldout}, d.max_seq_length, base_context(base_dir))
+    problem = truncation_problem(fit, d.allow_truncation)
+    if problem:
+        raise DataError(problem)
+    report = data_report(train, fit["encoded"]["train"])
+    held = fit["sets"]["heldout"]
+    report.update({"duplicates_removed": exact + near, "exact_duplicates_removed": exact,
                    "near_duplicates_removed": near, "near_duplicate_threshold": d.near_duplicate_threshold,
-                   "sources_loaded": loaded_shares, "sources": source_shares(train),
-                   "heldout": len(heldout), "probes": len(probes), "max_seq_length": d.max_seq_length})
-    if mixed:
-        report["mix"] = mixed
-        ctx.log("  mixed in " + ", ".join(f"{m['added']} examples from {m['path']}" for m in mixed))
+                   "sources_loaded": sets["loaded_shares"], "sources": source_shares(train),
+                   "heldout": len(heldout), "heldout_truncated": held["truncated"],
+                   "heldout_without_trained_tokens": held["without_trained_tokens"],
+                   "probes": len(probes), "max_seq_length": fit["max_seq_length"],
+                   "max_seq_length_auto": fit["auto"], "longest_example": fit["longest"]})
+    if sets["mixed"]:
+        report["mix"] = sets["mixed"]
+        ctx.log("  mixed in " + ", ".join(f"{m['added']} examples from {m['path']}" for m in sets["mixed"]))
     out = ctx.stage_dir("prepare-data")
     files = {}
     for name, rows in (("train", train), ("heldout", heldout), ("probes", probes)):
@@ -62,10 +93,11 @@ def prepare_data(ctx) -> dict:
         files[name] = str(p.resolve())
     atomic_write_json(out / "data_report.json", report)
     ctx.log(f"  {len(train)} train, {len(heldout)} held-out, {len(probes)} probe conversations; "
-            f"{exact} exact + {near} near duplicates removed; {report.get('truncated', 0)} truncated at "
-            f"{d.max_seq_length} tokens")
+            f"{exact} exact + {near} near duplicates removed")
+    ctx.log(f"  max_seq_length {describe_fit(fit)}; truncated: {report['truncated']} train, "
+            f"{held['truncated']} held-out")
     return {A.DATASET: {**files, "report_path": str((out / "data_report.json").resolve()),
-                        "sha256": dataset_digest(paths), "report": report}}
+                        "sha256": dataset_digest(sets["paths"]), "report": report}}
 
 
 def probe_prompts(ctx, n: int = 4) -> list[list[dict]]:

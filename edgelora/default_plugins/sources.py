@@ -39,14 +39,19 @@ def _hf(cfg, project_dir: Path, dest_dir: Path, download: bool = False) -> dict:
 
 
 def _needs_path(cfg, project_dir: Path) -> list[str]:
-    return [] if cfg.path else [f"edgelora.toml: [base] path is required for source={cfg.source!r}"]
+    what = "a folder with config.json" if cfg.source == "local" else "a .gguf file"
+    return [] if cfg.path else [f"edgelora.toml: [base] path is empty; source={cfg.source!r} needs {what}, "
+                                "relative to the project"]
 
 
 def _hf_check(cfg, project_dir: Path) -> list[str]:
     from edgelora.sources.fetch import HEX40
 
     out = [] if cfg.repo else ["edgelora.toml: [base] repo is required for source='hf'"]
-    if not HEX40.match(cfg.revision or ""):
+    if not cfg.revision:
+        out.append("edgelora.toml: [base] revision is required for source='hf': the 40-hex commit id "
+                   "(the repo's 'Files and versions' history), not a branch or tag")
+    elif not HEX40.match(cfg.revision):
         out.append(f"edgelora.toml: [base] revision {cfg.revision!r} must be a 40-hex commit, not a branch or tag")
     return out
 

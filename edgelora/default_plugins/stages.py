@@ -46,7 +46,7 @@ BUILTIN_STAGES = (
           description="eval sets on the base and every shipped GGUF (llama-cpp-python, greedy); eval.md"),
     Stage("gate", evaluation.gate_stage, (A.EVAL_REPORT,), (A.GATE_REPORT,), (), cacheable=False,
           description="stop the build when an [eval] gate fails (build --no-gate records and goes on)"),
-    Stage("modelfile", modelfile.modelfile, (A.BASE, A.QUANTIZED), (A.MODELFILE,),
+    Stage("modelfile", modelfile.modelfile, (A.BASE, A.QUANTIZED, A.DATASET), (A.MODELFILE,),
           ("ollama", "data.max_seq_length", "project"),
           description="Modelfile.j2 with a Go TEMPLATE proven equal to the Jinja chat template"),
     Stage("bundle", bundle.bundle, (A.BASE, A.DATASET, A.TRAIN_REPORT, A.MERGE_REPORT, A.CONVERT_REPORT,

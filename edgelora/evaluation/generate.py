@@ -93,6 +93,8 @@ class Generator:
         import llama_cpp
         from llama_cpp import _internals
 
+        from edgelora.runtime.llama import quiet_stderr
+
         if self._ctx is not None and per_seq <= self.n_ctx_per_seq:
             return
         self._free_context()
@@ -105,7 +107,8 @@ class Generator:
         params.n_batch = params.n_ubatch = 512
         params.n_seq_max = self.parallel
         params.kv_unified = True
-        self._ctx = _internals.LlamaContext(model=self.llm._model, params=params, verbose=False)
+        with quiet_stderr():  # llama.cpp's C log ("n_ctx_seq > n_ctx_train") is not for the user
+            self._ctx = _internals.LlamaContext(model=self.llm._model, params=params, verbose=False)
         self._batch = _Batch(params.n_batch, self.parallel)
         self.n_ctx_per_seq = per_seq
 

@@ -30,8 +30,8 @@ def convert(ctx) -> dict:
     report["merge_base"] = merge_base
     report = {"convert": report, "validation": check}
     atomic_write_json(ctx.stage_dir("convert") / "convert_report.json", report)
-    ctx.log(f"  {out.name}: top-1 agreement vs HF {_find(check, 'top1_agreement')}, "
-            f"max |Δlogit| {_find(check, 'max_abs_delta')}")
+    ctx.log(f"  {out.name}: top-1 agreement vs HF {_find(check, 'top1_agreement'):.3f}, "
+            f"max |Δlogit| {_find(check, 'max_abs_delta'):.3g}")
     return {A.GGUF: str(out.resolve()), A.CONVERT_REPORT: report}
 
 

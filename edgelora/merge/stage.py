@@ -29,5 +29,11 @@ def merge(ctx) -> dict:
                          min_top1=m.min_top1_agreement, base_filter=base_filter)
     report = {"tensor_identity": identity, "logits": logits, "merge_base": merge_base}
     atomic_write_json(ctx.stage_dir("merge") / "merge_report.json", report)
-    ctx.log(f"  alpha check: max |Δlogit| {logits.get('max_abs_diff')}, top-1 agreement {logits.get('top1_agreement')}")
+    ctx.log(f"  alpha check: max |Δlogit| {_num(logits.get('max_abs_diff'))}, "
+            f"top-1 agreement {_num(logits.get('top1_agreement'))}")
     return {A.MERGE_REPORT: report}
+
+
+def _num(x) -> str:
+    """A measurement for people: 4 significant digits."""
+    return "-" if x is None else f"{x:.4g}" if isinstance(x, float) else str(x)

@@ -68,7 +68,7 @@ class MergedView:
         before any delta is added (e.g. :class:`edgelora.nf4.Nf4Base`, the QLoRA merge base)."""
         from safetensors import safe_open
 
-        from edgelora.sources.fetch import check_safetensors_header
+        from edgelora.util.safetensors import check_safetensors_header
 
         self.base_dir = Path(base_dir)
         self.adapter_dir = Path(adapter_dir) if adapter_dir else None
@@ -103,7 +103,7 @@ class MergedView:
     def _load_adapter(self) -> None:
         from safetensors import safe_open
 
-        from edgelora.sources.fetch import check_safetensors_header
+        from edgelora.util.safetensors import check_safetensors_header
 
         cfg_path = self.adapter_dir / "adapter_config.json"
         weights = self.adapter_dir / "adapter_model.safetensors"

@@ -12,6 +12,7 @@ from edgelora.gguf.stage import gguf_stem
 
 
 def modelfile(ctx) -> dict:
+    from edgelora.data.guards import max_seq_length
     from edgelora.runtime.chat_template import added_tokens
     from edgelora.modelfile.equivalence import check_eog, choose_chat_template, end_of_turn_tokens
     from edgelora.modelfile.render import render_modelfile
@@ -28,7 +29,7 @@ def modelfile(ctx) -> dict:
     # text, then token ids (HF and the shipped GGUF's own vocabulary), then llama.cpp's EOG set
     name, go_text, stops = choose_chat_template(chat_template, base, user_template=user_template, gguf_path=gguf_path)
     eog = check_eog(gguf_path, end_of_turn_tokens(go_text, added_tokens(base)))
-    num_ctx = o.num_ctx or max(2048, ctx.config.data.max_seq_length)
+    num_ctx = o.num_ctx or max(2048, max_seq_length(ctx))
     params = {}
     if o.temperature >= 0:
         params["temperature"] = o.temperature

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from edgelora.context import Context
-from edgelora.errors import EdgeloraError
+from edgelora.errors import EdgeloraError, UsageError
 from edgelora.util.files import atomic_write_json, sha256_json
 from edgelora.util.hashing import sha256_file
 from edgelora.registry import Stage
@@ -129,6 +129,9 @@ def run(ctx: Context, stages: list[Stage], pm, *, force: Iterable[str] = ()) -> 
     from edgelora.plugins import plugin_version
 
     force = set(force)
+    unknown = sorted(force - set(ctx.registry.stages))
+    if unknown:
+        raise UsageError(f"--force {', '.join(unknown)}: no such stage (stages: {', '.join(ctx.registry.stages)})")
     cache_dir = ctx.work_dir / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
     fp = Fingerprints(cache_dir / "fingerprints.json")
@@ -186,3 +189,72 @@ def _outputs_intact(fp: Fingerprints, record: dict) -> bool:
         return fp.of(record["artifacts"]) == record["outputs"]
     except (OSError, KeyError):
         return False
+
+
+def _paths_in(value: Any) -> Iterable[Path]:
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _paths_in(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _paths_in(v)
+    elif isinstance(value, str) and value.startswith("/"):
+        yield Path(value)
+
+
+# What `clean` removes when no record names it: model-sized files. Reports (json, md, png) stay.
+HEAVY_SUFFIXES = (".gguf", ".safetensors", ".bin", ".pt", ".pth", ".dat", ".tar", ".npy")
+
+
+def _leftover(name: str) -> bool:
+    """A temporary of an interrupted atomic write (fsutil names them .NAME.*.partial/.staging/.old-PID)."""
+    return name.startswith(".") and (name.endswith(".partial") or ".staging" in name or ".old-" in name)
+
+
+def _size(path: Path) -> int:
+    if path.is_dir() and not path.is_symlink():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+    return path.lstat().st_size
+
+
+def clean(work_dir: Path, *, dry_run: bool = False) -> dict:
+    """Remove from ``work_dir/work`` the model files (GGUF, safetensors, ...) no stage's last
+    recorded run names (earlier runs' GGUFs, old quantizations, finished runs' checkpoints) and the
+    leftovers of interrupted writes. Kept: every path a record in ``cache/`` names, every report,
+    the fetched base (``base/``), the records, and checkpoints while no finished training is
+    recorded (``train --resume`` needs them). Returns {"removed": [paths], "bytes": freed}."""
+    import shutil
+
+    work = work_dir / "work"
+    if not work.is_dir():
+        return {"removed": [], "bytes": 0}
+    keep: set[Path] = set()
+    for record_path in sorted((work_dir / "cache").glob("*.json")):
+        record = _load_record(record_path)
+        if record and "artifacts" in record:
+            keep |= {p.resolve() for p in _paths_in(record["artifacts"])}
+    if not (work_dir / "cache" / "train.json").is_file():
+        keep.add((work / "train" / "checkpoints").resolve())
+    removed, freed = [], 0
+
+    def sweep(folder: Path) -> None:
+        nonlocal freed
+        for entry in sorted(folder.iterdir()):
+            real = entry.resolve()
+            if real in keep or any(k in real.parents for k in keep):
+                continue
+            is_dir = entry.is_dir() and not entry.is_symlink()
+            if is_dir and not _leftover(entry.name):
+                sweep(entry)
+                if not dry_run and not any(entry.iterdir()):
+                    entry.rmdir()
+                continue
+            if not (_leftover(entry.name) or entry.suffix.lower() in HEAVY_SUFFIXES):
+                continue
+            removed.append(str(entry))
+            freed += _size(entry)
+            if not dry_run:
+                shutil.rmtree(entry) if is_dir else entry.unlink()
+
+    sweep(work)
+    return {"removed": removed, "bytes": freed}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgelora import artifacts as A
+from edgelora.data.guards import max_seq_length
 from edgelora.util.files import atomic_write_json, atomic_write_text, read_jsonl
 
 
@@ -25,7 +26,7 @@ def _imatrix_values(ctx, out_dir: Path) -> tuple[dict | None, dict]:
     source = ctx.config.resolve(ex.calibration) if ex.calibration else ctx.need(A.DATASET)["train"]
     conversations = read_jsonl(source)
     batches = calibration_batches(base, conversations, max_examples=ex.calibration_examples,
-                                  max_tokens=ctx.config.data.max_seq_length)
+                                  max_tokens=max_seq_length(ctx))
     result = compute_imatrix(base, batches, adapter_dir=ctx.need(A.ADAPTER),
                              architectures=ctx.registry.architectures)
     path = write_imatrix(out_dir / "imatrix.gguf", result, dataset=Path(source).name)

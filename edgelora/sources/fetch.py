@@ -13,14 +13,16 @@ refuses pickle-based weights before any library sees them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import struct
 from pathlib import Path
 
-from edgelora.errors import BaseModelError, LockMismatch, NotInCacheError, UnsafeWeightsError
+from edgelora.errors import BaseModelError, LockMismatch, NetworkError, NotInCacheError, UnsafeWeightsError
 from edgelora.util.hashing import sha256_file
+from edgelora.util.safetensors import check_safetensors_header  # noqa: F401  (public here too)
 from edgelora.sources.gguf_import import import_gguf  # noqa: F401  (public here: conftest and stages use it)
 from edgelora.util.files import delete_cached
 from edgelora.util.files import reject_duplicate_keys
@@ -46,14 +48,6 @@ SKIP_DIRS = (".git", ".cache")  # huggingface_hub's local_dir bookkeeping, VCS m
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model")
 
-_ST_DTYPE_SIZE = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
-}
-_ST_MAX_HEADER = 100 << 20  # safetensors itself caps the header at 100 MB
-
-
 # -- checks shared by every source ----------------------------------------------------
 def check_allowlist(root: str | Path) -> list[str]:
     """Relative paths of the files under ``root``; refuses anything not on the allowlist."""
@@ -76,67 +70,6 @@ def check_allowlist(root: str | Path) -> list[str]:
                     f"({', '.join(ALLOWED_SUFFIXES)}); remove it from the base folder")
             out.append(rel)
     return out
-
-
-def check_safetensors_header(path: str | Path) -> dict:
-    """Validate a safetensors file's header against its size before any loader maps it.
-
-    Returns {tensor name: (dtype, shape)}. Refuses a header longer than the file, offsets
-    past the end, tensors whose byte size disagrees with dtype x shape, and overlaps.
-    """
-    path = Path(path)
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise BaseModelError(f"{path}: not a safetensors file (shorter than 8 bytes)")
-        (n,) = struct.unpack("<Q", head)
-        if n > size - 8 or n > _ST_MAX_HEADER:
-            raise BaseModelError(f"{path}: safetensors header length {n} exceeds file size {size}")
-        raw = f.read(n)
-    try:
-        header = json.loads(raw, object_pairs_hook=reject_duplicate_keys)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BaseModelError(f"{path}: safetensors header is not valid JSON ({e})") from None
-    if not isinstance(header, dict):
-        raise BaseModelError(f"{path}: safetensors header is not a JSON object")
-    data_len = size - 8 - n
-    spans = []
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise BaseModelError(f"{path}: tensor {name!r} has a malformed header entry") from None
-        if dtype not in _ST_DTYPE_SIZE:
-            raise BaseModelError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
-        if not all(isinstance(d, int) and d >= 0 for d in shape) or not (
-                isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end):
-            raise BaseModelError(f"{path}: tensor {name!r} has invalid shape or offsets")
-        if end > data_len:
-            raise BaseModelError(
-                f"{path}: tensor {name!r} ends at byte {end}, past the data section ({data_len} bytes)")
-        count = 1
-        for d in shape:
-            count *= d
-        if count * _ST_DTYPE_SIZE[dtype] != end - begin:
-            raise BaseModelError(
-                f"{path}: tensor {name!r} spans {end - begin} bytes, expected "
-                f"{count * _ST_DTYPE_SIZE[dtype]} for {dtype}{shape}")
-        spans.append((begin, end, name))
-        out[name] = (dtype, list(shape))
-    spans.sort()
-    reach, reach_name = 0, None  # furthest end of the non-empty spans seen so far
-    for begin, end, name in spans:
-        if begin == end:
-            continue
-        if begin < reach:
-            raise BaseModelError(f"{path}: tensors {reach_name!r} and {name!r} overlap")
-        reach, reach_name = end, name
-    return out
-
 
 
 def check_base_dir(path: str | Path) -> list[str]:
@@ -226,6 +159,53 @@ def fetch_hf(repo: str, revision: str, dest_dir: str | Path | None = None, *,
     return {"source": "hf", "repo": repo, "revision": revision, "path": str(snap), "files": hashes}
 
 
+def hub_host() -> str:
+    from urllib.parse import urlparse
+
+    return urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+
+
+# Exception classes of the HTTP stacks huggingface_hub has used (requests, httpx, httpx2),
+# matched by name so none of them needs importing.
+TRANSPORT_ERRORS = {"TransportError", "ConnectionError", "ConnectError", "Timeout", "TimeoutException",
+                    "ProxyError", "SSLError", "OfflineModeIsEnabled"}
+
+
+def _is_transport(e: BaseException) -> bool:
+    return isinstance(e, (ConnectionError, TimeoutError)) or any(
+        c.__name__ in TRANSPORT_ERRORS for c in type(e).__mro__)
+
+
+@contextlib.contextmanager
+def network_errors(repo: str):
+    """Turn a failed connection into one line naming the host and what to do about it."""
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        yield
+    except LocalEntryNotFoundError as e:  # "connection error, and not in the local cache"
+        _raise_unreachable(repo, e)
+    except Exception as e:
+        if _is_transport(e):
+            _raise_unreachable(repo, e)
+        if isinstance(e, HfHubHTTPError):  # the hub answered: wrong repo, revision, or access
+            first = (str(e).splitlines() or [type(e).__name__])[0]
+            raise BaseModelError(f"{repo}: {hub_host()} answered: {first}") from None
+        raise
+
+
+def _raise_unreachable(repo: str, e: Exception):
+    host = hub_host()
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise NetworkError(f"{repo}: HF_HUB_OFFLINE is set; `edgelora fetch` needs {host}: unset it "
+                           "for this one command") from None
+    raise NetworkError(
+        f"{repo}: cannot reach {host} ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}). "
+        f"`edgelora fetch` is the only command that needs it: run it where {host} is reachable and copy the "
+        "Hugging Face cache (~/.cache/huggingface/hub, or $HF_HOME/hub) here; or set HF_ENDPOINT to a mirror, "
+        "or HTTPS_PROXY to your proxy") from None
+
+
 def download_hf(repo: str, revision: str, cache_dir: str | Path | None = None) -> dict:
     """Fill the HF cache with ``repo`` at ``revision`` (network). Only `edgelora fetch` calls this.
 
@@ -235,7 +215,8 @@ def download_hf(repo: str, revision: str, cache_dir: str | Path | None = None) -
     """
     from huggingface_hub import HfApi, snapshot_download
 
-    info = HfApi().model_info(repo, revision=revision, files_metadata=True)
+    with network_errors(repo):
+        info = HfApi().model_info(repo, revision=revision, files_metadata=True)
     commit = info.sha
     siblings = list(info.siblings or [])
     names = [s.rfilename for s in siblings]
@@ -243,8 +224,9 @@ def download_hf(repo: str, revision: str, cache_dir: str | Path | None = None) -
         bad = next((n for n in names if n.lower().endswith(PICKLE_SUFFIXES)), None)
         raise UnsafeWeightsError(f"{repo}@{commit}: no safetensors weights"
                                  + (f" (only pickle-based {bad}, refused)" if bad else ""))
-    snap = Path(snapshot_download(repo_id=repo, revision=commit, cache_dir=cache_dir,
-                                  allow_patterns=HF_ALLOW_PATTERNS))
+    with network_errors(repo):
+        snap = Path(snapshot_download(repo_id=repo, revision=commit, cache_dir=cache_dir,
+                                      allow_patterns=HF_ALLOW_PATTERNS))
     checked = verify_download(snap, siblings)
     out = fetch_hf(repo, commit, cache_dir=cache_dir)
     out["resolved_from"] = revision if revision != commit else None

@@ -150,13 +150,34 @@ def _convert(gguf_path: Path, out: Path) -> dict:
         raise BaseModelError(f"{gguf_path}: transformers cannot import this GGUF ({e})") from None
     _save_plain(model, out)
     del model
-    tok.model_max_length = int(_cfg_of(out).get("max_position_embeddings") or 8192)
+    return _save_tokenizer(tok, meta, out, int(_cfg_of(out).get("max_position_embeddings") or 8192))
+
+
+def _save_tokenizer(tok, meta: dict, out: Path, max_length: int) -> dict:
+    tok.model_max_length = max_length
     tok.save_pretrained(out)
     report = {"pre": meta.get("tokenizer.ggml.pre"), "model": meta.get("tokenizer.ggml.model"),
               "fixups": []}
     report["fixups"] += fix_pre_tokenizer(out / "tokenizer.json", report["pre"])
     report["fixups"] += fix_chat_template(out, meta.get("tokenizer.chat_template"))
     return report
+
+
+def import_tokenizer(gguf_path: str | Path, out: str | Path) -> dict:
+    """Only the tokenizer files import_gguf would write (no weights are read): ``plan``
+    tokenizes the data with it before a fetch. Returns the tokenizer report."""
+    from transformers import AutoTokenizer
+
+    from edgelora.gguf.reader import read_metadata
+
+    gguf_path, out = Path(gguf_path), Path(out)
+    meta = read_metadata(gguf_path).kv
+    ctx_len = meta.get(f"{meta.get('general.architecture')}.context_length")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, local_files_only=True)
+    except (ValueError, KeyError, OSError, RuntimeError) as e:
+        raise BaseModelError(f"{gguf_path}: transformers cannot read this GGUF's tokenizer ({e})") from None
+    return _save_tokenizer(tok, meta, out, int(ctx_len or 8192))
 
 
 def _save_plain(model, out: Path) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from edgelora.training import checkpoints as ckpts
 from edgelora.training.checkpoints import SigtermFlag
-from edgelora.data.chat import IGNORE_INDEX, encode_example
+from edgelora.data.chat import IGNORE_INDEX, encode_example, has_trained_tokens
 from edgelora.training.distributed import World, all_reduce_grads, all_reduce_sum, barrier, world_from_env
 from edgelora.errors import TrainingError, TrainingInterrupted
 from edgelora.util.hashing import sha256_file
@@ -46,7 +46,7 @@ def _encode_all(tokenizer, examples: list[dict], max_length: int) -> tuple[list[
         else:
             enc = encode_example(tokenizer(), ex, max_length=max_length)
         truncated += enc["truncated"]
-        if all(t == IGNORE_INDEX for t in enc["labels"][1:]):
+        if not has_trained_tokens(enc):
             dropped += 1  # truncation ate every trained token: nothing to learn from
             continue
         encoded.append(enc)
@@ -173,7 +173,7 @@ def train_lora(*, base_dir, train_examples: list[dict], eval_examples: list[dict
     if not train_enc:
         raise TrainingError("train_examples: no example has an assistant token within max_length")
     if train_dropped or eval_dropped:
-        notice(progress, f"{train_dropped + eval_dropped} example(s) skipped: truncation to "
+        notice(progress, f"{train_dropped} train + {eval_dropped} held-out example(s) skipped: truncation to "
                 f"max_length={max_length} left no assistant tokens")
     if loaded:
         pad_id = loaded[0].pad_token_id if loaded[0].pad_token_id is not None else (loaded[0].eos_token_id or 0)
@@ -451,6 +451,8 @@ def train_lora(*, base_dir, train_examples: list[dict], eval_examples: list[dict
             "train_examples": len(train_enc),
             "eval_examples": len(eval_enc),
             "skipped_examples": train_dropped + eval_dropped,
+            "skipped_train_examples": train_dropped,
+            "skipped_heldout_examples": eval_dropped,
             "truncated_examples": train_trunc + eval_trunc,
             "seconds": round(time.monotonic() - started, 2),
             "device": device.split(":")[0],

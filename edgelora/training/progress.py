@@ -24,8 +24,7 @@ class TrainProgress:
 
             self._bar = Progress(TextColumn("  train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                                  TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console)
-            self._bar.start()
-            self._task = self._bar.add_task("train", total=None, info="")
+            self._bar.start()  # the task is added with the first step: never a bar reading 0/None
         return self
 
     def __exit__(self, *exc):
@@ -39,6 +38,10 @@ class TrainProgress:
             return
         info = _describe(event)
         if self._bar is not None:
+            if self._task is None:
+                if not event.get("total"):
+                    return
+                self._task = self._bar.add_task("train", total=event["total"], info="")
             self._bar.update(self._task, completed=event.get("step", 0), total=event.get("total"), info=info)
             return
         now = time.monotonic()
@@ -63,5 +66,5 @@ def _describe(ev: dict) -> str:
     if ev.get("tokens_per_s"):
         parts.append(f"{ev['tokens_per_s']:.0f} tok/s")
     if ev.get("eta_s") is not None:
-        parts.append(f"eta {ev['eta_s']:.0f}s")
+        parts.append(f"eta {ev['eta_s']:.0f} s")
     return " ".join(parts)

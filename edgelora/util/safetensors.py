@@ -14,6 +14,9 @@ import math
 import struct
 from pathlib import Path
 
+from edgelora.errors import BaseModelError
+from edgelora.util.files import reject_duplicate_keys
+
 _DTYPES = {"F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2), "F64": ("float64", 8),
            "I64": ("int64", 8), "I32": ("int32", 4), "I16": ("int16", 2), "I8": ("int8", 1), "U8": ("uint8", 1),
            "BOOL": ("bool", 1)}
@@ -22,7 +25,7 @@ CHUNK_BYTES = 16 << 20
 
 class SafetensorsFile:
     """Names, dtypes, shapes and float32 reads of one safetensors file (header validated by
-    :func:`edgelora.sources.check_safetensors_header` before this is built)."""
+    :func:`check_safetensors_header` before this is built)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -110,3 +113,71 @@ class SafetensorsFile:
                 if not k:
                     raise OSError(f"{self.path}: tensor {name} truncated")
                 got += k
+
+
+_ST_DTYPE_SIZE = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}
+_ST_MAX_HEADER = 100 << 20  # safetensors itself caps the header at 100 MB
+
+
+def check_safetensors_header(path: str | Path) -> dict:
+    """Validate a safetensors file's header against its size before any loader maps it.
+
+    Returns {tensor name: (dtype, shape)}. Refuses a header longer than the file, offsets
+    past the end, tensors whose byte size disagrees with dtype x shape, and overlaps.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise BaseModelError(f"{path}: not a safetensors file (shorter than 8 bytes)")
+        (n,) = struct.unpack("<Q", head)
+        if n > size - 8 or n > _ST_MAX_HEADER:
+            raise BaseModelError(f"{path}: safetensors header length {n} exceeds file size {size}")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw, object_pairs_hook=reject_duplicate_keys)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BaseModelError(f"{path}: safetensors header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise BaseModelError(f"{path}: safetensors header is not a JSON object")
+    data_len = size - 8 - n
+    spans = []
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise BaseModelError(f"{path}: tensor {name!r} has a malformed header entry") from None
+        if dtype not in _ST_DTYPE_SIZE:
+            raise BaseModelError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
+        if not all(isinstance(d, int) and d >= 0 for d in shape) or not (
+                isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end):
+            raise BaseModelError(f"{path}: tensor {name!r} has invalid shape or offsets")
+        if end > data_len:
+            raise BaseModelError(
+                f"{path}: tensor {name!r} ends at byte {end}, past the data section ({data_len} bytes)")
+        count = 1
+        for d in shape:
+            count *= d
+        if count * _ST_DTYPE_SIZE[dtype] != end - begin:
+            raise BaseModelError(
+                f"{path}: tensor {name!r} spans {end - begin} bytes, expected "
+                f"{count * _ST_DTYPE_SIZE[dtype]} for {dtype}{shape}")
+        spans.append((begin, end, name))
+        out[name] = (dtype, list(shape))
+    spans.sort()
+    reach, reach_name = 0, None  # furthest end of the non-empty spans seen so far
+    for begin, end, name in spans:
+        if begin == end:
+            continue
+        if begin < reach:
+            raise BaseModelError(f"{path}: tensors {reach_name!r} and {name!r} overlap")
+        reach, reach_name = end, name
+    return out

@@ -137,7 +137,7 @@ def test_prepare_data_stage_reads_a_mixed_folder_and_reports(tiny_llama_dir, tmp
                                                   {"instruction": "Name a fruit.", "output": "Pear."}]))
     (proj / "edgelora.toml").write_text(
         '[base]\nsource = "local"\npath = "base"\n[data]\ntrain = "data"\neval_fraction = 0.25\n'
-        'max_seq_length = 24\nnear_duplicate_threshold = 0.7\n')
+        'max_seq_length = 24\nallow_truncation = true\nnear_duplicate_threshold = 0.7\n')
     ctx = api.run_stages(proj, ["prepare-data"], log=lambda m: None)
     ds = ctx.artifacts["dataset"]
     report = json.loads(open(ds["report_path"]).read())

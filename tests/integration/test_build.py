@@ -81,6 +81,41 @@ def test_cli_verify_tar_and_tamper(built, tmp_path):
     assert "tiny.Q8_0.gguf" in bad.output
 
 
+def test_cli_build_json_then_chat_with_the_bundle_and_clean(built):
+    proj, _, result, _ = built
+    runner = CliRunner()
+    again = runner.invoke(cli, ["build", str(proj), "--json"])
+    assert again.exit_code == 0, again.output
+    report = json.loads(again.stdout)
+    assert report["bundle"]["dir"] == result["bundle"]["dir"] and report["verify_ok"] is True
+    assert "train: skipped, inputs and config unchanged" in again.stderr
+    chat = runner.invoke(cli, ["chat", result["bundle"]["tar"], "Hello", "--max-tokens", "4"])
+    assert chat.exit_code == 0, chat.output
+    dry = runner.invoke(cli, ["clean", str(proj), "--dry-run"])
+    assert dry.exit_code == 0 and "would free" in dry.output
+
+
+def test_build_logs_round_numbers_and_refuse_unknown_stages(built):
+    import re
+
+    proj, _, _, logs = built
+    long_floats = [line for line in logs if re.search(r"\d\.\d{6,}", line)]
+    assert not long_floats, long_floats
+    assert any(re.search(r"best eval loss \d+(\.\d{1,3})?,", line) for line in logs), logs
+    bogus = CliRunner().invoke(cli, ["build", str(proj), "--force", "bogus"])
+    assert bogus.exit_code == 2 and "--force bogus: no such stage (stages: fetch-base, " in bogus.output
+
+
+def test_eval_prints_one_step_counter(built):
+    import re
+
+    proj, _, _, _ = built
+    logs: list[str] = []
+    api.evaluate(proj, models=["base", "gguf:Q8_0"], sets=["heldout"], log=logs.append)
+    totals = {m.group(1) for line in logs if (m := re.match(r"\[\d+/(\d+)\]", line))}
+    assert len(totals) == 1, logs
+
+
 def test_second_build_with_new_quant_type_skips_training_and_conversion(built):
     proj, base, _, _ = built
     # gate = "report": a random tiny model's Q4_0 fails the default quality gate (its own test
