@@ -106,7 +106,7 @@ def build(project_dir, *, force: Iterable[str] = (), log=print, console=None, ex
     A failed [eval] gate raises GateError before the bundle is written, unless ``gate=False``.
     ``with_toolkit`` adds toolkit/ to the bundle as ``[bundle] toolkit = true`` does."""
     ctx = run_stages(project_dir, None, force=force, log=log, console=console, extra_plugins=extra_plugins,
-                     options={"gate": gate, "toolkit": with_toolkit})
+                     options={"gate": gate, "toolkit": with_toolkit, "force_dist": "bundle" in set(force)})
     return {"bundle": ctx.artifacts.get(A.BUNDLE), "eval": ctx.artifacts.get(A.EVAL_REPORT),
             "gates": ctx.artifacts.get(A.GATE_REPORT), "quant_quality": ctx.artifacts.get(A.QUANT_REPORT),
             "verify_ok": (ctx.artifacts.get(A.VERIFY_REPORT) or {}).get("ok")}
@@ -213,20 +213,27 @@ def quantize(in_path, out_path, qtype: str, *, imatrix_path=None) -> dict:
     return quantize_gguf(in_path, out_path, qtype, imatrix=imatrix)
 
 
-def verify(bundle_path, *, run_probes: bool = True, allow_plugins: bool = False, trust=None) -> dict:
+def verify(bundle_path, *, run_probes: bool = True, allow_plugins: bool = False, trust=None,
+           allow_failed_gate: bool = False) -> dict:
+    import tempfile
+
     from edgelora.host.verify import verify_bundle
 
-    report = verify_bundle(bundle_path, run_probes=run_probes, trust=trust)
-    if allow_plugins:
-        from edgelora import plugins
+    with tempfile.TemporaryDirectory(prefix="edgelora-verify-") as tmp:
+        # plugins see the verified private copy (a folder, also for a .tar), never a second read
+        report = verify_bundle(bundle_path, run_probes=run_probes, trust=trust, allow_failed_gate=allow_failed_gate,
+                               extract_to=Path(tmp) / "copy")
+        if allow_plugins and report.get("root"):
+            from edgelora import plugins
 
-        loaded = plugins.load()
-        manifest = report.get("manifest") or {}
-        for findings in loaded.pm.hook.edgelora_verify_findings(bundle_dir=str(bundle_path), manifest=manifest):
-            for f in findings or []:
-                report["checks"].append(f)
-                if not f.get("ok"):
-                    report["ok"] = False
+            loaded = plugins.load()
+            manifest = report.get("manifest") or {}
+            for findings in loaded.pm.hook.edgelora_verify_findings(bundle_dir=report["root"], manifest=manifest):
+                for f in findings or []:
+                    report["checks"].append(f)
+                    if not f.get("ok"):
+                        report["ok"] = False
+        report.pop("root", None)
     return report
 
 
@@ -247,12 +254,13 @@ def toolkit(out_dir, *, python=None, platform=None, find_links=(), download=True
 
 
 def install(bundle_path, *, name=None, store=None, allow_downgrade=False, trust=None, run_probes=True,
-            lock_timeout=60.0, log=print) -> dict:
+            lock_timeout=60.0, log=print, allow_failed_gate=False, quant=None, latest=True) -> dict:
     """Verify a bundle, then install it into Ollama (``ollama create`` or the model store)."""
     from edgelora.host.install import install_bundle
 
     return install_bundle(bundle_path, name=name, store=store, allow_downgrade=allow_downgrade, trust=trust,
-                          run_probes=run_probes, lock_timeout=lock_timeout, log=log)
+                          run_probes=run_probes, lock_timeout=lock_timeout, log=log,
+                          allow_failed_gate=allow_failed_gate, quant=quant, latest=latest)
 
 
 def list_installed(*, store=None) -> list[dict]:

@@ -377,11 +377,19 @@ def _add_plugin_commands():
         click.echo(f"warning: plugin commands not loaded: {e}", err=True)
 
 
+TARGET_HOST_COMMANDS = ("verify", "install", "keygen", "list", "uninstall")
+
+
+def _command_word(args: list[str]) -> str | None:
+    """The command named in ``args``, wherever group options (``--debug``) sit before it."""
+    return next((a for a in args if not a.startswith("-")), None)
+
+
 def main(argv=None):
-    # verify and install run on the target host: no third-party code unless allowed.
-    if argv is None and len(sys.argv) > 1 and sys.argv[1] not in ("--help", "-h", "--version",
-                                                                 "verify", "install",
-                                                                 "keygen", "list", "uninstall"):
+    # verify and install run on the target host: no third-party code unless allowed, whatever
+    # the position of the group's flags
+    word = _command_word(sys.argv[1:]) if argv is None else None
+    if argv is None and word is not None and word not in TARGET_HOST_COMMANDS:
         _add_plugin_commands()
     cli.main(args=argv, prog_name="edgelora")
 

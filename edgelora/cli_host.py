@@ -16,14 +16,16 @@ from edgelora.cli_support import handle_errors, trust_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
 @click.option("--no-probes", is_flag=True, help="Only check files; do not load the model.")
 @click.option("--allow-plugins", is_flag=True, help="Also run third-party verify plugins (off by default).")
+@click.option("--allow-failed-gate", is_flag=True, help="Accept a bundle built with --no-gate whose gates failed.")
 @trust_option
 @handle_errors
-def verify(bundle, as_json, no_probes, allow_plugins, trust):
+def verify(bundle, as_json, no_probes, allow_plugins, trust, allow_failed_gate):
     """Verify a bundle (directory or .tar): signature, checksums, GGUF header and load, recorded probes."""
     from edgelora import api
     from edgelora.host.verify import format_report
 
-    report = api.verify(bundle, run_probes=not no_probes, allow_plugins=allow_plugins, trust=trust)
+    report = api.verify(bundle, run_probes=not no_probes, allow_plugins=allow_plugins, trust=trust,
+                        allow_failed_gate=allow_failed_gate)
     if as_json:
         click.echo(json.dumps({k: v for k, v in report.items() if k != "manifest"}, indent=2, default=str))
     else:
@@ -62,15 +64,20 @@ def keygen(key, key_type):
 @click.option("--no-probes", is_flag=True, help="Verify files and GGUF header only; do not load the model.")
 @click.option("--lock-timeout", type=float, default=60.0, show_default=True,
               help="Seconds to wait for another install holding the store lock.")
+@click.option("--quant", help="Install this quantization (the bundle's Modelfile.QUANT) under its own tag.")
+@click.option("--no-latest", is_flag=True, help="Do not point NAME:latest at the installed version.")
+@click.option("--allow-failed-gate", is_flag=True, help="Install a bundle built with --no-gate whose gates failed.")
 @trust_option
 @handle_errors
-def install(bundle, name, store, allow_downgrade, no_probes, lock_timeout, trust):
+def install(bundle, name, store, allow_downgrade, no_probes, lock_timeout, quant, no_latest, allow_failed_gate,
+            trust):
     """Verify BUNDLE (folder or .tar), then install it into Ollama atomically."""
     from edgelora import api
 
     result = api.install(bundle, name=name, store=store, allow_downgrade=allow_downgrade, trust=trust,
                          run_probes=not no_probes, lock_timeout=lock_timeout,
-                         log=lambda m: click.echo(m, err=True))
+                         log=lambda m: click.echo(m, err=True), allow_failed_gate=allow_failed_gate,
+                         quant=quant, latest=not no_latest)
     click.echo(f"installed {result['model']} ({result['via']}); run it with: ollama run {result['model']}")
 
 

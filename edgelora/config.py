@@ -121,7 +121,7 @@ class OllamaConfig:
     model: str = _f("", "Ollama model name:tag to install as (default: <name>:<version>).")
     system: str = _f("", "Optional SYSTEM prompt written into the Modelfile.")
     num_ctx: int = _f(0, "Context length (0: the training max_seq_length rounded up, at least 2048).")
-    temperature: float = _f(-1.0, "Sampling temperature PARAMETER (negative: leave Ollama's default).")
+    temperature: float = _f(-1.0, "Sampling temperature PARAMETER (negative or 0: temperature 0, the greedy decoding the scores were measured with).")
     template: str = _f("", "Path of a Go TEMPLATE file to use instead of the shipped templates/chat/*.tmpl; it must "
                        "render the test conversations exactly like the tokenizer's chat template (text and token ids).")
 

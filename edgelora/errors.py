@@ -117,6 +117,10 @@ class InstallError(EdgeloraError):
     """A verified bundle could not be installed; the previous version is untouched."""
 
 
+class DiskFullError(VerifyError, InstallError):
+    """Not enough free space for the private copy or the store: "disk full: need X, have Y"."""
+
+
 class PluginError(EdgeloraError):
     """A plugin failed to load or registered something twice."""
 

@@ -136,7 +136,8 @@ def edgelora_verify_findings(bundle_dir: str, manifest: dict[str, Any]) -> list[
 
     When: by ``edgelora verify``, after the built-in file, GGUF and probe checks, and
     only with ``--allow-plugins`` (the target host runs no third-party code by default).
-    Gets: the (already hash-checked) bundle path and its parsed manifest.
+    Gets: the folder of the verified private copy of the bundle (written and hash-checked by
+    edgelora; a folder also when a .tar was verified) and its parsed manifest.
     Returns: a list of ``{"name": str, "ok": bool, "detail": str}``, or None for nothing.
     Combine: 1:N, every plugin's list is appended to the report; any ``ok: False``
     fails the verification.

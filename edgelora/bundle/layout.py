@@ -64,7 +64,7 @@ def _place(src: Path, dest: Path) -> None:
 def _check_modelfiles(staging: Path, arcnames: set[str]) -> None:
     # A FROM path that does not exist makes Ollama try to pull it from the network.
     for arc in arcnames:
-        if arc.rsplit("/", 1)[-1] != "Modelfile":
+        if not arc.rsplit("/", 1)[-1].startswith("Modelfile"):
             continue
         folder = arc.rsplit("/", 1)[0] if "/" in arc else ""
         for line in (staging / arc).read_text(encoding="utf-8").split("\n"):
@@ -75,18 +75,34 @@ def _check_modelfiles(staging: Path, arcnames: set[str]) -> None:
                     raise BundleError(f"{arc}: FROM {target} does not name a file in the bundle")
 
 
+def _refuse_version_reuse(final: Path, manifest: dict, replace: bool) -> None:
+    old = final / MANIFEST
+    if replace or not old.is_file():
+        return
+    try:
+        old_files = json.loads(old.read_text(encoding="utf-8")).get("files")
+    except (OSError, ValueError, AttributeError):
+        old_files = None
+    if old_files != manifest["files"]:
+        raise BundleError(f"{final}: already holds {manifest['name']} {manifest['version']} with different files; "
+                          "bump [project] version, or rebuild with --force bundle to replace it")
+
+
 def sums_text(entries: list[tuple[str, str]]) -> str:
     return "".join(f"{digest}  {path}\n" for path, digest in sorted(entries))
 
 
 def write_bundle(*, dist_dir, name: str, version: str, files: dict, manifest_extra: dict | None = None,
-                 readme_text: str | None = None, signing_key=None, model_signing_key=None) -> dict:
+                 readme_text: str | None = None, signing_key=None, model_signing_key=None,
+                 replace: bool = False) -> dict:
     """Write the bundle folder and its tar; returns {dir, tar, manifest, tar_sha256}.
 
     ``signing_key`` (a path to an Ed25519 PEM private key, see ``edgelora keygen``) adds
     manifest.sig, a signature over the exact bytes of manifest.json. ``model_signing_key`` (an
     ECDSA P-256/384/521 PEM key) adds model.sig, the OpenSSF model-signing signature over every
-    other file of the folder, written last.
+    other file of the folder, written last. A bundle already in ``dist_dir`` under the same name
+    and version with other content is not replaced unless ``replace`` (two different models must
+    never carry one version number).
     """
     private_key = None
     if signing_key:
@@ -142,6 +158,7 @@ def write_bundle(*, dist_dir, name: str, version: str, files: dict, manifest_ext
             raise BundleError(f"manifest_extra: not JSON-serialisable: {e}") from e
         if len(manifest_bytes) > (1 << 20):
             raise BundleError(f"manifest.json: {len(manifest_bytes)} bytes exceeds the 1 MiB limit verify enforces")
+        _refuse_version_reuse(final, manifest, replace)
         (staging / MANIFEST).write_bytes(manifest_bytes)
         if private_key is not None:
             from edgelora.bundle.signing import sign_manifest

@@ -84,6 +84,7 @@ def parse_manifest(raw: bytes) -> dict:
             raise ValueError(f"files[{i}].size: expected an integer in 0..{MAX_FILE_SIZE}, got {size!r}")
         if not isinstance(digest, str) or not HEX64.fullmatch(digest):
             raise ValueError(f"files[{i}].sha256: not 64 lowercase hex digits")
+    _check_optional_fields(m)
     dirs = {p.rsplit("/", 1)[0] for p in seen if "/" in p}
     folded_files = {p.casefold() for p in seen}
     for d in dirs:
@@ -92,6 +93,24 @@ def parse_manifest(raw: bytes) -> dict:
             if "/".join(parts[:j]).casefold() in folded_files:
                 raise ValueError(f"files: {'/'.join(parts[:j])!r} is both a file and a folder")
     return m
+
+
+# Optional top-level fields verify and install act on: (type, {sub-field: type}).
+_OPTIONAL = {"ollama": (dict, {"model": str, "template": str, "stops": list, "models": dict}),
+             "probes": (dict, {"model": str, "items": list, "by_model": dict}),
+             "gates_failed": (list, {}), "provenance": (dict, {}), "reports": (dict, {}), "targets": (dict, {})}
+
+
+def _check_optional_fields(m: dict) -> None:
+    for field, (kind, subs) in _OPTIONAL.items():
+        if field not in m:
+            continue
+        if not isinstance(m[field], kind):
+            raise ValueError(f"{field}: expected {'an object' if kind is dict else 'a list'}, "
+                             f"got {type(m[field]).__name__}")
+        for sub, sub_kind in subs.items():
+            if sub in m[field] and not isinstance(m[field][sub], sub_kind):
+                raise ValueError(f"{field}.{sub}: expected {sub_kind.__name__}, got {type(m[field][sub]).__name__}")
 
 
 # ---- versions ----------------------------------------------------------------------------

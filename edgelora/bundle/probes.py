@@ -17,6 +17,7 @@ from edgelora.util.files import sha256_bytes, sha256_json
 PROBE_N_CTX = 512
 PROBE_SEED = 0
 DEFAULT_LOGIT_TOLERANCE = 0.05
+MAX_PROBES = 64  # per GGUF; verify refuses a manifest with more
 
 
 def load_llama(gguf_path, *, n_threads=None, n_ctx: int = PROBE_N_CTX, extra_buffer_types: bool = False):
@@ -128,8 +129,10 @@ def validate_probe(rec) -> str | None:
     return None
 
 
-def replay_probes(gguf_path, probes: list[dict], *, logit_tolerance: float, n_threads=None, llm=None) -> list[dict]:
-    """Re-run recorded probes; one result per probe saying what moved and by how much."""
+def replay_probes(gguf_path, probes: list[dict], *, logit_tolerance: float, n_threads=None, llm=None,
+                  stop_at_failure: bool = False) -> list[dict]:
+    """Re-run recorded probes; one result per probe saying what moved and by how much
+    (with ``stop_at_failure``, none after the first that failed)."""
     import numpy as np
 
     own = llm is None
@@ -140,6 +143,8 @@ def replay_probes(gguf_path, probes: list[dict], *, logit_tolerance: float, n_th
             why = validate_probe(rec)
             if why:
                 results.append({"index": i, "ok": False, "detail": f"probe {i}: {why}"})
+                if stop_at_failure:
+                    break
                 continue
             problems = []
             prompt = render_prompt(llm, rec["messages"])
@@ -171,6 +176,8 @@ def replay_probes(gguf_path, probes: list[dict], *, logit_tolerance: float, n_th
                 "got_text": llm.detokenize(generated, special=True).decode("utf-8", "replace"),
                 "expected_text": rec.get("expected_text"),
             })
+            if problems and stop_at_failure:
+                break
     finally:
         if own:
             llm.close()

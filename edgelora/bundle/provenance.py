@@ -70,6 +70,31 @@ def build_manifest_extra(ctx, *, probes: list[dict], probe_model: str) -> dict:
     }
 
 
+def gates_failed(gate_report: dict | None) -> list[str] | None:
+    """One line per failed [eval] gate of a ``--no-gate`` build, or None when all passed."""
+    failed = [r for r in (gate_report or {}).get("results") or [] if not r.get("ok")]
+    return [f"{r.get('set')}/{r.get('metric')} on {r.get('model')}: {r.get('detail')}" for r in failed] or None
+
+
+def without_host_paths(obj, project_dir: Path):
+    """``obj`` with every absolute path string made relative to the project (or reduced to
+    its file name when outside it): bundles must not reveal the build host's layout."""
+    import os
+
+    if isinstance(obj, dict):
+        return {k: without_host_paths(v, project_dir) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [without_host_paths(v, project_dir) for v in obj]
+    if isinstance(obj, str) and obj.startswith("/") and "\n" not in obj and len(obj) < 4096:
+        root = str(Path(project_dir).resolve())
+        if obj == root:
+            return "."
+        if obj.startswith(root + os.sep):
+            return obj[len(root) + 1:]
+        return os.path.basename(obj.rstrip("/")) or obj
+    return obj
+
+
 def _eval_summary(report: dict | None) -> dict | None:
     from edgelora.evaluation.stage import manifest_summary
 
@@ -94,5 +119,5 @@ def bundle_readme(ctx, extra: dict) -> str:
         name=cfg.project.name, version=cfg.project.version,
         model=extra["ollama"]["model"], ggufs=sorted(ctx.need(A.QUANTIZED)),
         scores=headline_scores(ctx.need(A.EVAL_REPORT)), base=extra["provenance"]["base"],
-        dataset_sha256=extra["provenance"]["dataset"]["sha256"],
+        dataset_sha256=extra["provenance"]["dataset"]["sha256"], gates_failed=extra.get("gates_failed"),
         toolkit=cfg.bundle.toolkit, model_sig=bool(cfg.bundle.model_signing_key))

@@ -119,13 +119,16 @@ def _load_public_key(path: Path):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+    from edgelora.util.files import read_regular
+
     try:
-        if path.stat().st_size > MAX_KEY_BYTES:
-            raise VerifyError(f"{path}: larger than {MAX_KEY_BYTES} bytes, not a public key")
-        data = path.read_bytes()
+        data = read_regular(path, MAX_KEY_BYTES)  # never blocks on a FIFO, never follows a link
+    except ValueError as e:
+        raise VerifyError(f"{path}: cannot read trusted key: {e}") from None
+    if data is None:
+        raise VerifyError(f"{path}: no such trusted key file")
+    try:
         key = serialization.load_pem_public_key(data)
-    except OSError as e:
-        raise VerifyError(f"{path}: cannot read trusted key: {e.strerror}") from e
     except (ValueError, TypeError) as e:
         raise VerifyError(f"{path}: not a PEM public key: {e}") from e
     if not isinstance(key, Ed25519PublicKey):
@@ -137,13 +140,15 @@ def load_trust(path) -> list[TrustedKey]:
     """Trusted public keys from one ``.pub`` file or every ``*.pub`` in a folder."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.name.endswith(".pub") and p.is_file())
+        files = sorted(p for p in path.iterdir() if p.name.endswith(".pub") and not p.is_dir())
         if not files:
             raise VerifyError(f"{path}: trust folder holds no *.pub key")
         if len(files) > MAX_TRUSTED_KEYS:
             raise VerifyError(f"{path}: more than {MAX_TRUSTED_KEYS} trusted keys")
-    elif path.is_file():
-        files = [path]
+    elif path.is_file() or path.is_symlink():
+        files = [path]  # read_regular refuses a link
+    elif path.exists():
+        raise VerifyError(f"{path}: cannot read trusted key: not a regular file refused")
     else:
         raise VerifyError(f"{path}: no such trusted key file or folder")
     keys = []

@@ -19,7 +19,7 @@ from edgelora.training import stage as training
 
 BUILTIN_STAGES = (
     Stage("fetch-base", sources.fetch_base, (), (A.BASE,), ("base",), cacheable=False,
-          description="resolve the pinned base (embedded, local, hf, gguf) and check edgelora.sources.lock"),
+          description="resolve the pinned base (embedded, local, hf, gguf) and check edgelora.lock"),
     Stage("prepare-data", data.prepare_data, (A.BASE,), (A.DATASET,), ("data",),
           description="validate chat JSONL, split held-out, dedup, data report"),
     Stage("eval-sets", evaluation.eval_sets_stage, (), (A.EVAL_SETS,), ("eval",), cacheable=False,

@@ -10,10 +10,17 @@ from edgelora.registry import Target
 
 
 def _export_ollama(ctx, staging: Path) -> dict[str, Path]:
+    """``Modelfile`` for the default quantization, ``Modelfile.<QUANT>`` for each other one
+    (``edgelora install --quant QUANT`` installs it under its own tag)."""
     mf = ctx.need(A.MODELFILE)
-    path = staging / "Modelfile"
-    path.write_text(mf["text"], encoding="utf-8")
-    return {"Modelfile": path}
+    out = {}
+    texts = mf.get("texts") or {mf.get("default"): mf["text"]}
+    for quant, text in texts.items():
+        arc = "Modelfile" if quant == mf.get("default", quant) or len(texts) == 1 else f"Modelfile.{quant}"
+        path = staging / arc
+        path.write_text(text, encoding="utf-8")
+        out[arc] = path
+    return out
 
 
 @hookimpl

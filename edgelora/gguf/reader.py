@@ -20,6 +20,14 @@ _SCALARS = {0: ("UINT8", "<B"), 1: ("INT8", "<b"), 2: ("UINT16", "<H"), 3: ("INT
             10: ("UINT64", "<Q"), 11: ("INT64", "<q"), 12: ("FLOAT64", "<d")}
 _STRING, _ARRAY = 8, 9
 MAX_KV, MAX_TENSORS, MAX_ARRAY, MAX_STRING = 100_000, 1_000_000, 50_000_000, 1 << 30
+MAX_STRING_ARRAY = 4_000_000  # vocabularies and merge lists are well under 1M
+
+
+@dataclass(frozen=True)
+class SkippedArray:
+    """An array value read with ``arrays=False``: bounds-checked and counted, not materialised."""
+    count: int
+    item_type: str
 
 
 @dataclass
@@ -65,8 +73,14 @@ class _Cursor:
         self.pos += n
         return bytes(raw).decode("utf-8", "replace")
 
+    def skip_string(self) -> None:
+        n = self.take("<Q")
+        if n > MAX_STRING or self.pos + n > len(self.buf):
+            raise ConversionError(f"{self.path}: bad string length {n} at byte {self.pos}")
+        self.pos += n
 
-def _value(cur: _Cursor, vtype: int):
+
+def _value(cur: _Cursor, vtype: int, arrays: bool = True):
     if vtype == _STRING:
         return cur.string(), (_STRING_NAME,)
     if vtype in _SCALARS:
@@ -80,6 +94,12 @@ def _value(cur: _Cursor, vtype: int):
         if sub == _STRING:
             if n * 8 > len(cur.buf) - cur.pos:  # every string costs at least its 8-byte length
                 raise ConversionError(f"{cur.path}: array of {n} strings is longer than the file")
+            if n > MAX_STRING_ARRAY:
+                raise ConversionError(f"{cur.path}: array of {n} strings is too large")
+            if not arrays:
+                for _ in range(n):
+                    cur.skip_string()
+                return SkippedArray(n, _STRING_NAME), ("ARRAY", _STRING_NAME)
             return [cur.string() for _ in range(n)], ("ARRAY", _STRING_NAME)
         if sub not in _SCALARS:
             raise ConversionError(f"{cur.path}: unsupported array item type {sub}")
@@ -87,6 +107,9 @@ def _value(cur: _Cursor, vtype: int):
         size = struct.calcsize(fmt)
         if cur.pos + n * size > len(cur.buf):
             raise ConversionError(f"{cur.path}: truncated array")
+        if not arrays:
+            cur.pos += n * size
+            return SkippedArray(n, name), ("ARRAY", name)
         items = list(struct.unpack_from(f"<{n}{fmt[1]}", cur.buf, cur.pos))
         cur.pos += n * size
         return items, ("ARRAY", name)
@@ -96,7 +119,9 @@ def _value(cur: _Cursor, vtype: int):
 _STRING_NAME = "STRING"
 
 
-def read_metadata(path) -> GGUFMetadata:
+def read_metadata(path, *, arrays: bool = True) -> GGUFMetadata:
+    """Header, key/values and tensor infos. ``arrays=False`` (verify, install): array values
+    are bounds-checked and skipped (``SkippedArray``), so memory does not grow with them."""
     path = Path(path)
     with open(path, "rb") as f:
         if path.stat().st_size < 24:
@@ -119,7 +144,7 @@ def read_metadata(path) -> GGUFMetadata:
             kv, kv_types = {}, {}
             for _ in range(n_kv):
                 key = cur.string()
-                kv[key], kv_types[key] = _value(cur, cur.take("<I"))
+                kv[key], kv_types[key] = _value(cur, cur.take("<I"), arrays)
             tensors = []
             for _ in range(n_tensors):
                 name = cur.string()

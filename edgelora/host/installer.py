@@ -27,11 +27,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgelora.errors import ConversionError, InstallError
+from edgelora.errors import ConversionError, DiskFullError, InstallError
 from edgelora.util.files import fsync_dir, human_bytes, sha256_bytes, write_new_file
 from edgelora.bundle.manifest import compare_versions
-from edgelora.host.modelfile_parse import MAX_MODELFILE, parse_modelfile
-from edgelora.host.store import CONFIG_MEDIA, JOURNAL, LAYER_MEDIA, MANIFEST_MEDIA, Store, store_os_error, parse_model_name
+from edgelora.host.modelfile_parse import from_target, read_bundle_modelfile
+from edgelora.host.store import CONFIG_MEDIA, JOURNAL, LAYER_MEDIA, MANIFEST_MEDIA, Store, parse_model_name, store_os_error
 
 MODELFILE = "Modelfile"
 
@@ -80,20 +80,16 @@ def _go_arch() -> str:
     return {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(m, m)
 
 
-def plan_blobs(root: Path, manifest: dict) -> tuple[list[Blob], Blob]:
-    """The layers ``ollama create`` would make from the bundle's Modelfile, and the config blob."""
+def plan_blobs(root: Path, manifest: dict, modelfile: str = MODELFILE) -> tuple[list[Blob], Blob]:
+    """The layers ``ollama create`` would make from one of the bundle's Modelfiles, and the
+    config blob. ``root`` is verify's private copy: parsed exactly as verify parsed it."""
     from edgelora.gguf.reader import read_metadata
 
     files = {e["path"]: e for e in manifest["files"]}
-    if MODELFILE not in files:
-        raise InstallError(f"{manifest['name']}: the bundle has no Modelfile")
-    if files[MODELFILE]["size"] > MAX_MODELFILE:
-        raise InstallError(f"{MODELFILE}: larger than {MAX_MODELFILE} bytes")
-    text = (root / MODELFILE).read_bytes().decode("utf-8", "strict")
-    mf = parse_modelfile(text)
-    target = os.path.normpath(mf.from_path).replace(os.sep, "/")
-    if mf.from_path.startswith("/") or target not in files or not target.endswith(".gguf"):
-        raise InstallError(f"{MODELFILE}: FROM {mf.from_path} is not a GGUF in the bundle")
+    if modelfile not in files:
+        raise InstallError(f"{manifest['name']}: the bundle has no {modelfile}")
+    mf = read_bundle_modelfile(root, modelfile, files[modelfile])
+    target = from_target(modelfile, mf, files)
     gguf = files[target]
     layers = [Blob("model", gguf["sha256"], gguf["size"], source=root / target)]
     if mf.template is not None:
@@ -109,7 +105,7 @@ def plan_blobs(root: Path, manifest: dict) -> tuple[list[Blob], Blob]:
         layers.append(_small_blob("messages", json.dumps(mf.messages, separators=(",", ":"),
                                                          ensure_ascii=False).encode("utf-8")))
     try:
-        meta = read_metadata(root / target)
+        meta = read_metadata(root / target, arrays=False)
     except ConversionError as e:
         raise InstallError(str(e)) from e
     arch = str(meta.kv.get("general.architecture") or "unknown")
@@ -130,40 +126,55 @@ def ollama_manifest_bytes(layers: list[Blob], config: Blob) -> bytes:
 # ---- rollback protection ----------------------------------------------------------------------
 
 
-def check_rollback(records: dict, manifest: dict, manifest_sha: str, *, allow_downgrade: bool) -> None:
-    """Refuse a lower version of an installed bundle, or its version number reused for other content."""
+def check_rollback(records: dict, manifest: dict, manifest_sha: str, *, allow_downgrade: bool,
+                   model: str | None = None) -> None:
+    """Refuse a lower version, or a version number reused for other content, of what is
+    installed: compared with every install of the same bundle, and with whatever bundle is
+    installed now under the model name being replaced (``model``, case-insensitive as Ollama
+    treats names), so ``--name`` cannot put an older model over a newer one."""
     if allow_downgrade:
         return
+    target = model.casefold() if model else None
     for key, rec in sorted(records.get("models", {}).items()):
-        if not isinstance(rec, dict) or rec.get("bundle") != manifest["name"]:
+        if not isinstance(rec, dict):
+            continue
+        same_bundle = rec.get("bundle") == manifest["name"]
+        names = [key] + [str(a) for a in rec.get("aliases") or []]
+        same_model = target is not None and any(n.casefold() == target for n in names)
+        if not (same_bundle or same_model):
             continue
         installed = str(rec.get("version"))
+        what = f"{rec.get('bundle')} {installed} is installed as {key}"
         cmp = compare_versions(manifest["version"], installed)
         if cmp < 0:
-            raise InstallError(f"rollback refused: {manifest['name']} {installed} is installed as {key}; "
-                               f"this bundle is the older {manifest['version']} (--allow-downgrade to force)")
+            raise InstallError(f"rollback refused: {what}; this bundle is the older {manifest['name']} "
+                               f"{manifest['version']} (--allow-downgrade to force)")
         if cmp == 0 and rec.get("manifest_sha256") != manifest_sha:
-            raise InstallError(f"version reuse refused: {manifest['name']} {installed} is installed as {key} "
-                               f"with different content (manifest sha256 {str(rec.get('manifest_sha256'))[:16]}… "
-                               f"vs {manifest_sha[:16]}…; --allow-downgrade to force)")
+            raise InstallError(f"version reuse refused: {what} with different content (manifest sha256 "
+                               f"{str(rec.get('manifest_sha256'))[:16]}… vs {manifest_sha[:16]}…; "
+                               "--allow-downgrade to force)")
 
 
 # ---- verification ------------------------------------------------------------------------------
 
 
-def _verify(bundle: Path, *, trust, run_probes: bool, extract_to: Path, log) -> dict:
+def _verify(bundle: Path, *, trust, run_probes: bool, extract_to: Path, log, allow_failed_gate: bool = False) -> dict:
     from edgelora.host.verify import first_failure, verify_bundle
 
     log(f"verifying {bundle}")
-    report = verify_bundle(bundle, trust=trust, run_probes=run_probes, extract_to=extract_to)
+    report = verify_bundle(bundle, trust=trust, run_probes=run_probes, extract_to=extract_to,
+                           allow_failed_gate=allow_failed_gate)
     if not report["ok"]:
         raise InstallError(f"{bundle}: verification failed, nothing installed: {first_failure(report)}")
     return report
 
 
-def _model_name(name: str | None, manifest: dict) -> tuple[str, str]:
-    wanted = name or (manifest.get("ollama") or {}).get("model") or f"{manifest['name']}:{manifest['version']}"
-    return parse_model_name(str(wanted))
+def _model_name(name: str | None, manifest: dict, quant_tag: str | None = None) -> tuple[str, str]:
+    if name:
+        return parse_model_name(name)
+    wanted = (manifest.get("ollama") or {}).get("model") or f"{manifest['name']}:{manifest['version']}"
+    model, tag = parse_model_name(str(wanted))
+    return parse_model_name(f"{model}:{tag}-{quant_tag}" if quant_tag else f"{model}:{tag}")
 
 
 def install_record(manifest: dict, report: dict, name: str, tag: str, how: str, digests: list[str]) -> dict:
@@ -176,39 +187,16 @@ def install_record(manifest: dict, report: dict, name: str, tag: str, how: str, 
 # ---- into the store -------------------------------------------------------------------------------
 
 
-def _stage_blob(blob: Blob, staging: Path, *, from_tar: bool) -> Path:
-    from edgelora.util.hashing import copy_hashed
-
+def _stage_blob(blob: Blob, staging: Path) -> Path:
     staged = staging / f"blob-{blob.hex}"
     if blob.data is not None:
-        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            view = memoryview(blob.data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_new_file(staged, blob.data)
         return staged
-    if from_tar:
-        # extracted into this staging folder and hashed by verify moments ago, under the lock:
-        # a rename, not a second copy
-        os.rename(blob.source, staged)
-        with open(staged, "rb") as f:
-            os.fsync(f.fileno())
-        return staged
-    src = os.open(blob.source, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    try:
-        dst = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            read, digest = copy_hashed(src, dst, blob.size)
-            os.fsync(dst)
-        finally:
-            os.close(dst)
-    finally:
-        os.close(src)
-    if read != blob.size or digest != blob.hex:
-        raise InstallError(f"{blob.source}: changed since it was verified (sha256 {digest}, expected {blob.hex})")
+    # verify's private copy, written and hashed by this process moments ago under the lock:
+    # a rename, not a second read of the bundle
+    os.rename(blob.source, staged)
+    with open(staged, "rb") as f:
+        os.fsync(f.fileno())
     return staged
 
 
@@ -229,73 +217,123 @@ class CheckedBundle:
     records: dict
     layers: list
     config: object
+    modelfile: str = MODELFILE
+    aliases: list = None   # tags written: [tag] and "latest" unless --no-latest
 
 
 def verify_and_plan(bundle: Path, records_store, staging: Path, *, name, trust, run_probes, allow_downgrade,
-                    log) -> CheckedBundle:
-    """Verify ``bundle`` (extracting a .tar under ``staging``), check rollback against the
-    install records in ``records_store``, and plan the Ollama blobs from its Modelfile: every
-    check either install path must pass before it changes anything."""
-    report = _verify(bundle, trust=trust, run_probes=run_probes, extract_to=staging / "extract", log=log)
+                    log, allow_failed_gate: bool = False, quant: str | None = None,
+                    latest: bool = True) -> CheckedBundle:
+    """Verify ``bundle`` into a private copy under ``staging``, check rollback against the
+    install records in ``records_store`` (for NAME:latest too, when it will move), and plan
+    the Ollama blobs from the chosen Modelfile: every check either install path must pass
+    before it changes anything."""
+    report = _verify(bundle, trust=trust, run_probes=run_probes, extract_to=staging / "extract", log=log,
+                     allow_failed_gate=allow_failed_gate)
+    _checkpoint("verified")
     root = Path(report["root"])
     manifest = report["manifest"]
-    name_, tag = _model_name(name, manifest)
+    modelfile, quant_tag = choose_modelfile(root, manifest, quant)
+    name_, tag = _model_name(name, manifest, quant_tag)
     records = records_store.load_records()
-    check_rollback(records, manifest, report["manifest_sha256"], allow_downgrade=allow_downgrade)
-    layers, config = plan_blobs(root, manifest)
-    return CheckedBundle(report, root, manifest, name_, tag, records, layers, config)
+    aliases = [tag] + (["latest"] if latest and tag != "latest" else [])
+    for t in aliases:
+        check_rollback(records, manifest, report["manifest_sha256"], allow_downgrade=allow_downgrade,
+                       model=f"{name_}:{t}")
+    layers, config = plan_blobs(root, manifest, modelfile)
+    return CheckedBundle(report, root, manifest, name_, tag, records, layers, config, modelfile, aliases)
+
+
+def take_aliases(records: dict, key: str, aliases: list[str]) -> None:
+    """``aliases`` (NAME:latest) now name ``key``'s model: drop them from other records."""
+    wanted = {a.casefold() for a in aliases}
+    for other, rec in records.get("models", {}).items():
+        if other != key and isinstance(rec, dict) and isinstance(rec.get("aliases"), list):
+            rec["aliases"] = [a for a in rec["aliases"] if str(a).casefold() not in wanted]
+
+
+def choose_modelfile(root: Path, manifest: dict, quant: str | None) -> tuple[str, str | None]:
+    """(Modelfile to install, tag suffix): ``Modelfile`` by default, ``Modelfile.<QUANT>`` for
+    ``--quant`` (a tag of its own unless it is the default's quantization)."""
+    from edgelora.host.modelfile_parse import is_bundle_modelfile
+
+    files = {e["path"]: e for e in manifest["files"]}
+    if MODELFILE not in files:
+        raise InstallError(f"{manifest['name']}: the bundle has no {MODELFILE}")
+    default_gguf = from_target(MODELFILE, read_bundle_modelfile(root, MODELFILE, files[MODELFILE]), files)
+    default_quant = default_gguf.rsplit(".", 2)[-2] if default_gguf.count(".") >= 2 else None
+    if quant is None or (default_quant and quant.casefold() == default_quant.casefold()):
+        return MODELFILE, None
+    choices = {a.split(".", 1)[1].casefold(): a for a in files if is_bundle_modelfile(a) and a != MODELFILE}
+    if quant.casefold() not in choices:
+        have = sorted([default_quant or "default"] + [a.split(".", 1)[1] for a in choices.values()])
+        raise InstallError(f"--quant {quant}: the bundle has no Modelfile.{quant} (quantizations: {', '.join(have)})")
+    arc = choices[quant.casefold()]
+    return arc, arc.split(".", 1)[1].lower()
 
 
 def install_into_store(bundle: Path, store: Store, *, name=None, allow_downgrade=False, trust=None,
-                       run_probes=True, lock_timeout=60.0, log=print) -> dict:
-    from_tar = bundle.is_file()
-    if from_tar and store.free_bytes() < bundle.stat().st_size:
-        raise InstallError(f"disk full: need {human_bytes(bundle.stat().st_size)}, have "
-                           f"{human_bytes(store.free_bytes())} free in {store.root} (to unpack {bundle.name})")
+                       run_probes=True, lock_timeout=60.0, log=print, allow_failed_gate=False, quant=None,
+                       latest=True) -> dict:
     with store.lock(timeout=lock_timeout, log=log):
         staging = store.new_staging()
         committed = False
         missing: list[Blob] = []
         try:
             checked = verify_and_plan(bundle, store, staging, name=name, trust=trust, run_probes=run_probes,
-                                      allow_downgrade=allow_downgrade, log=log)
+                                      allow_downgrade=allow_downgrade, log=log, allow_failed_gate=allow_failed_gate,
+                                      quant=quant, latest=latest)
             report, manifest, records = checked.report, checked.manifest, checked.records
             name_, tag, layers, config = checked.name, checked.tag, checked.layers, checked.config
             blobs = layers + [config]
             missing = [b for b in blobs if not store.blob_ok(b.hex, b.size)]
             block = store.block_size()
-            need = sum(-(-b.size // block) * block for b in missing if not (from_tar and b.source)) + 4 * block
+            # the GGUF is renamed from verify's private copy; only the small blobs take new space
+            need = sum(-(-b.size // block) * block for b in missing if b.source is None) + 4 * block
             if need > store.free_bytes():
-                raise InstallError(f"disk full: need {human_bytes(need)}, have {human_bytes(store.free_bytes())} "
-                                   f"free in {store.root}")
-            staged = [(b, _stage_blob(b, staging, from_tar=from_tar)) for b in missing]
+                raise DiskFullError(f"disk full: need {human_bytes(need)}, have {human_bytes(store.free_bytes())} "
+                                    f"free in {store.root}")
+            staged = [(b, _stage_blob(b, staging)) for b in missing]
             _checkpoint("blobs-staged")
-            manifest_path = store.manifest_path(name_, tag)
-            store._real_dirs(manifest_path.parent)
+            paths = [store.manifest_path(name_, t) for t in checked.aliases]  # NAME:TAG, then NAME:latest
+            store._real_dirs(paths[0].parent)
             old_digests: set[str] = set()
-            if manifest_path.is_symlink():
-                raise InstallError(f"{manifest_path}: symlink refused; never written through")
-            if manifest_path.is_file():
-                with contextlib.suppress(InstallError):
-                    old_digests = store.manifest_digests(store.read_manifest(manifest_path))
+            for path in paths:
+                if path.is_symlink():
+                    raise InstallError(f"{path}: symlink refused; never written through")
+                if path.is_file():
+                    with contextlib.suppress(InstallError):
+                        old_digests |= store.manifest_digests(store.read_manifest(path))
             # The journal names every blob that may end up unnamed if we die from here on (ours,
             # before the manifest names them; the replaced version's, after): whoever takes the
-            # lock next deletes those no manifest names.
-            _stage_file(staging, JOURNAL, json.dumps(sorted({b.hex for b, _ in staged} | old_digests)).encode())
+            # lock next deletes those no manifest names. It also carries the install record: a
+            # crash after the manifest commit and before the record is written is rolled
+            # forward by the next lock holder (store.clean_stale).
+            digests = [b.hex for b in blobs]
+            key = f"{name_}:{tag}"
+            record = install_record(manifest, report, name_, tag, "store", digests)
+            record["aliases"] = [f"{name_}:{t}" for t in checked.aliases[1:]]
+            record["modelfile"] = checked.modelfile
+            _stage_file(staging, JOURNAL, json.dumps({"blobs": sorted({b.hex for b, _ in staged} | old_digests),
+                                                      "record": {"key": key, "value": record}}).encode())
             for b, path in staged:
                 os.replace(path, store.blob_path(b.hex))
             fsync_dir(store.blobs, strict=True)
             _checkpoint("blobs-moved")
-            digests = [b.hex for b in blobs]
-            records["models"][f"{name_}:{tag}"] = install_record(manifest, report, name_, tag, "store", digests)
-            staged_manifest = _stage_file(staging, "manifest.json", ollama_manifest_bytes(layers, config))
+            take_aliases(records, key, record["aliases"])
+            records["models"][key] = record
+            body = ollama_manifest_bytes(layers, config)
+            staged_manifests = [_stage_file(staging, f"manifest-{i}.json", body) for i in range(len(paths))]
             staged_records = _stage_file(staging, "installs.json",
                                          (json.dumps(records, indent=2, sort_keys=True) + "\n").encode())
-            # the commit point: both files are complete on disk; two renames cannot run out of space
-            os.replace(staged_manifest, manifest_path)
-            fsync_dir(manifest_path.parent, strict=True)
+            # the commit point: every file is complete on disk; renames cannot run out of space
+            os.replace(staged_manifests[0], paths[0])
+            fsync_dir(paths[0].parent, strict=True)
             committed = True
             _checkpoint("manifest-committed")
+            for staged_manifest, path in zip(staged_manifests[1:], paths[1:]):
+                os.replace(staged_manifest, path)
+                fsync_dir(path.parent, strict=True)
             os.replace(staged_records, store.records_path)
             fsync_dir(store.own, strict=True)
             (staging / JOURNAL).unlink()
@@ -303,10 +341,11 @@ def install_into_store(bundle: Path, store: Store, *, name=None, allow_downgrade
             for hex_digest in garbage:
                 with contextlib.suppress(FileNotFoundError):
                     store.blob_path(hex_digest).unlink()
+            manifest_path = paths[0]
         except OSError as e:
             if not committed:
                 store.clean_stale()
-            need = sum(b.size for b in missing) or (bundle.stat().st_size if from_tar else 0)
+            need = sum(b.size for b in missing if b.source is None) + 4 * store.block_size()
             raise store_os_error(e, f"installing {bundle.name}", store, need) from e
         except BaseException:
             if not committed:
@@ -316,5 +355,5 @@ def install_into_store(bundle: Path, store: Store, *, name=None, allow_downgrade
             shutil.rmtree(staging, ignore_errors=True)
     log(f"installed {name_}:{tag} into {store.root} ({len(missing)} new blob(s), {len(blobs) - len(missing)} reused)")
     return {"model": f"{name_}:{tag}", "store": str(store.root), "manifest": str(manifest_path), "via": "store",
-            "version": manifest["version"], "new_blobs": len(missing), "reused_blobs": len(blobs) - len(missing),
+            "aliases": checked.aliases[1:] and [f"{name_}:{t}" for t in checked.aliases[1:]], "version": manifest["version"], "new_blobs": len(missing), "reused_blobs": len(blobs) - len(missing),
             "removed_blobs": len(garbage), "verify": {k: v for k, v in report.items() if k != "manifest"}}

@@ -133,3 +133,37 @@ def parse_modelfile(text: str, where: str = "Modelfile") -> ParsedModelfile:
     if not out.from_path:
         raise InstallError(f"{where}: no FROM line")
     return out
+
+
+def is_bundle_modelfile(arc: str) -> bool:
+    """Top-level ``Modelfile`` (the default model) or ``Modelfile.<QUANT>`` (one per quantization)."""
+    return arc == "Modelfile" or (arc.startswith("Modelfile.") and "/" not in arc)
+
+
+def read_bundle_modelfile(root, arc: str, entry: dict):
+    """Parse one Modelfile of a verified private copy, exactly as install uses it."""
+    from edgelora.util.files import read_regular
+
+    if entry["size"] > MAX_MODELFILE:
+        raise InstallError(f"{arc}: larger than {MAX_MODELFILE} bytes")
+    try:
+        raw = read_regular(f"{root}/{arc}", MAX_MODELFILE)
+        text = raw.decode("utf-8", "strict")
+    except (ValueError, AttributeError) as e:
+        raise InstallError(f"{arc}: cannot read: {e}") from None
+    return parse_modelfile(text, where=arc)
+
+
+def from_target(modelfile_arc: str, parsed: ParsedModelfile, files) -> str:
+    """The bundle GGUF that a Modelfile's FROM names (relative to the Modelfile's folder, as
+    Ollama resolves it); InstallError for anything outside the bundle or not a listed GGUF
+    (a FROM that is not a file would make Ollama pull a model from the network)."""
+    import posixpath
+
+    raw = parsed.from_path
+    folder = modelfile_arc.rsplit("/", 1)[0] if "/" in modelfile_arc else ""
+    target = posixpath.normpath(posixpath.join(folder, raw)) if raw else ""
+    if not raw or raw.startswith("/") or "\\" in raw or target.startswith("..") or target not in files \
+            or not target.endswith(".gguf"):
+        raise InstallError(f"{modelfile_arc}: FROM {raw} is not a GGUF in the bundle")
+    return target

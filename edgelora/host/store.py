@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from edgelora.errors import InstallError
-from edgelora.util.files import fsync_dir, human_bytes, reject_duplicate_keys, write_new_file
+from edgelora.util.files import fsync_dir, read_regular, reject_duplicate_keys, write_new_file
 
 REGISTRY = ("registry.ollama.ai", "library")
 MANIFEST_MEDIA = "application/vnd.docker.distribution.manifest.v2+json"
@@ -43,6 +43,19 @@ DIGEST_RE = re.compile(r"sha256:([0-9a-f]{64})")
 MAX_OLLAMA_MANIFEST = 1 << 20
 MAX_MANIFESTS = 100_000
 JOURNAL = "added-blobs.json"
+
+
+class _AllBlobs:
+    """Stands for "every blob": ``x in ALL_BLOBS`` is always true, ``s - ALL_BLOBS`` empty."""
+
+    def __contains__(self, item) -> bool:
+        return True
+
+    def __rsub__(self, other):
+        return set()
+
+
+ALL_BLOBS = _AllBlobs()
 
 
 def parse_model_name(text: str) -> tuple[str, str]:
@@ -58,10 +71,12 @@ def default_store() -> Path:
     return Path(env) if env else Path.home() / ".ollama" / "models"
 
 
+
 def store_os_error(e: OSError, what: str, store: "Store | None" = None, need: int = 0) -> InstallError:
-    if e.errno == errno.ENOSPC and store is not None:
-        return InstallError(f"disk full: need {human_bytes(need)}, have {human_bytes(store.free_bytes())} "
-                            f"free in {store.root} ({what})")
+    if e.errno in (errno.ENOSPC, errno.EDQUOT) and store is not None:
+        from edgelora.host.private_copy import disk_full_message
+
+        return InstallError(disk_full_message(need, store.free_bytes(), store.root, what, e.strerror or ""))
     if e.errno == errno.EROFS:
         return InstallError(f"{store.root if store else what}: read-only file system; nothing was installed")
     if e.errno in (errno.EACCES, errno.EPERM):
@@ -134,10 +149,7 @@ class Store:
         """Exclusive edgelora lock on the store; waits up to ``timeout`` s, naming the holder."""
         self.ensure_dirs()
         path = self.own / "lock"
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-        except OSError as e:
-            raise store_os_error(e, f"cannot open the lock {path}", self) from e
+        fd = self._open_lock(path)
         try:
             deadline = time.monotonic() + timeout
             told = False
@@ -161,6 +173,23 @@ class Store:
             yield self
         finally:
             os.close(fd)  # closing releases the flock
+
+    def _open_lock(self, path: Path) -> int:
+        """The lock file, never through a link, a FIFO or a hard link placed in the store (the
+        holder line is written into it: it must be edgelora's own file)."""
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        try:
+            fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as e:
+            if path.is_symlink():
+                raise InstallError(f"{path}: symlink refused; never written through") from None
+            raise store_os_error(e, f"cannot open the lock {path}", self) from e
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            os.close(fd)
+            what = "not a regular file" if not stat.S_ISREG(st.st_mode) else f"has {st.st_nlink} hard links"
+            raise InstallError(f"{path}: {what}; refusing to write through it (remove it)")
+        return fd
 
     @staticmethod
     def _holder(fd: int) -> str:
@@ -186,12 +215,16 @@ class Store:
             return
         referenced = None
         for folder in stale:
-            journal = folder / JOURNAL
-            if journal.is_file() and not journal.is_symlink():
-                try:
-                    added = json.loads(journal.read_text(encoding="utf-8"))
-                except (OSError, ValueError):
-                    added = []
+            try:
+                raw = read_regular(folder / JOURNAL, 8 << 20)
+                journal = json.loads(raw) if raw is not None else []
+            except (OSError, ValueError):
+                journal = []
+            # older journals are a bare list of blobs
+            added = journal.get("blobs") if isinstance(journal, dict) else journal
+            if isinstance(journal, dict) and isinstance(journal.get("record"), dict):
+                self._roll_forward(journal["record"], folder, log)
+            if added:
                 if referenced is None:
                     referenced = self.referenced_blobs()
                 for hex_digest in added if isinstance(added, list) else []:
@@ -206,6 +239,41 @@ class Store:
                     folder.unlink()
         if log:
             log(f"removed {len(stale)} stale staging folder(s) left by an interrupted install")
+
+    def _roll_forward(self, pending: dict, staging: Path, log) -> None:
+        """An install killed after committing its model but before writing its record: write
+        the record now, so rollback protection still knows what is installed. In the store,
+        only if the committed manifest names exactly the recorded blobs; through ``ollama
+        create`` (nothing to check here) the record is kept, marked unconfirmed."""
+        key, value = pending.get("key"), pending.get("value")
+        if not isinstance(key, str) or not isinstance(value, dict):
+            return
+        try:
+            name, tag = parse_model_name(key)
+            if self.layout:
+                blobs = set(value.get("blobs") or [])
+                if self.manifest_digests(self.read_manifest(self.manifest_path(name, tag))) != blobs:
+                    return  # never committed (or replaced since): nothing to record
+                value = {**value, "aliases": [a for a in value.get("aliases") or [] if self._names(a, blobs)]}
+            else:
+                value = {**value, "unconfirmed": "interrupted after ollama create; check with `ollama list`"}
+            records = self.load_records()
+            if records["models"].get(key, {}).get("manifest_sha256") == value.get("manifest_sha256"):
+                return
+            records["models"][key] = value
+            self.write_records(records, staging)
+        except (InstallError, OSError):
+            return
+        if log:
+            log(f"recorded {key}, whose install was interrupted after it was committed")
+
+    def _names(self, model: str, blobs: set) -> bool:
+        """True if the manifest of ``model`` exists and names exactly ``blobs``."""
+        try:
+            name, tag = parse_model_name(str(model))
+            return self.manifest_digests(self.read_manifest(self.manifest_path(name, tag))) == blobs
+        except InstallError:
+            return False
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -236,13 +304,11 @@ class Store:
     @staticmethod
     def read_manifest(path: Path) -> dict:
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        except OSError as e:
-            raise InstallError(f"{path}: cannot read: {e.strerror}") from e
-        with open(fd, "rb") as f:
-            raw = f.read(MAX_OLLAMA_MANIFEST + 1)
-        if len(raw) > MAX_OLLAMA_MANIFEST:
-            raise InstallError(f"{path}: larger than {MAX_OLLAMA_MANIFEST} bytes")
+            raw = read_regular(path, MAX_OLLAMA_MANIFEST)
+        except ValueError as e:
+            raise InstallError(f"{path}: cannot read: {e}") from None
+        if raw is None:
+            raise InstallError(f"{path}: cannot read: no such file")
         try:
             return json.loads(raw, object_pairs_hook=reject_duplicate_keys)
         except ValueError as e:
@@ -260,14 +326,23 @@ class Store:
         return out
 
     def referenced_blobs(self, *, skip: Path | None = None) -> set[str]:
+        """Every blob digest some manifest names. Fail safe: a manifest that is not valid JSON
+        keeps every digest that appears in its text, and one that cannot be read at all (a
+        FIFO, too large, no permission) keeps every blob: ``ALL_BLOBS`` is returned."""
         refs: set[str] = set()
         for path in self.all_manifest_files():
             if skip is not None and path == skip:
                 continue
             try:
-                refs |= self.manifest_digests(self.read_manifest(path))
-            except InstallError:
-                continue  # an unreadable foreign manifest keeps nothing alive, and breaks nothing
+                raw = read_regular(path, MAX_OLLAMA_MANIFEST)
+            except (ValueError, OSError):
+                return ALL_BLOBS
+            if raw is None:
+                continue
+            try:
+                refs |= self.manifest_digests(json.loads(raw, object_pairs_hook=reject_duplicate_keys))
+            except (ValueError, AttributeError, TypeError):
+                refs |= {m.decode() for m in re.findall(rb"[0-9a-f]{64}", raw)}
         return refs
 
     def blob_ok(self, hex_digest: str, size: int) -> bool:
@@ -292,13 +367,12 @@ class Store:
 
     def load_records(self) -> dict:
         path = self.records_path
-        if not path.exists():
+        try:
+            raw = read_regular(path, 8 << 20)
+        except ValueError as e:
+            raise InstallError(f"{path}: {e}") from None
+        if raw is None:
             return {"schema_version": 1, "models": {}}
-        if path.is_symlink():
-            raise InstallError(f"{path}: symlink refused")
-        raw = path.read_bytes()
-        if len(raw) > (8 << 20):
-            raise InstallError(f"{path}: larger than 8 MiB")
         try:
             data = json.loads(raw, object_pairs_hook=reject_duplicate_keys)
         except ValueError as e:

@@ -1,11 +1,18 @@
 """Verify a bundle on the target host, offline, in the order that keeps untrusted bytes away
 from parsers: signature over the exact manifest bytes (when a trust store is given) →
-manifest → every file's size then sha256 → SHA256SUMS → bounded GGUF header → load with
-llama-cpp-python → probe replay. A later step runs only when every earlier one passed.
+manifest → every file's size, then a private copy hashed while it is written → SHA256SUMS →
+bounded GGUF headers → every Modelfile parsed as install parses it → load and probe replay
+of every GGUF in a resource-limited child process. A later step runs only when every earlier
+one passed.
+
+Everything after the first step reads only the private copy (``host/private_copy.py``):
+manifest.json is read once, and the bytes that were signed are the bytes parsed; the GGUF
+that is loaded and probed, the Modelfile that is parsed and the files install uses are the
+bytes that were hashed. The copy is ``report["root"]`` when the caller asked to keep it.
 
 Failed checks are reported, not raised; VerifyError is for input that cannot be read at all
-(or a trust store that cannot be read). Nothing here loads plugins: ``api.verify`` adds
-third-party findings only when explicitly allowed.
+(or a trust store that cannot be read), DiskFullError when the copy does not fit. Nothing
+here loads plugins: ``api.verify`` adds third-party findings only when explicitly allowed.
 """
 
 from __future__ import annotations
@@ -17,15 +24,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgelora.bundle.layout import MANIFEST, RESERVED, SIGNATURE, SUMS
-from edgelora.errors import ConversionError, SignatureError, VerifyError
-from edgelora.util.hashing import sha256_fd
-from edgelora.bundle.manifest import MAX_MANIFEST, parse_manifest  # noqa: F401  (parse_manifest re-exported)
+from edgelora.bundle.layout import MANIFEST, SUMS
+from edgelora.errors import ConversionError, InstallError, SignatureError, VerifyError
+from edgelora.util.files import read_regular
+from edgelora.host.private_copy import MAX_SUMS, copy_folder
+from edgelora.bundle.manifest import parse_manifest
 from edgelora.host.safe_tar import extract_bundle_tar
 
-MAX_SUMS = 1 << 20
 _SUMS_LINE = re.compile(r"([0-9a-f]{64}) [ *](.+)")
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 class _Report:
@@ -45,32 +51,6 @@ class _Report:
     @property
     def ok(self) -> bool:
         return self.data["ok"]
-
-
-def _read_small(path: Path, limit: int) -> bytes | None:
-    """Bytes of a regular file (never through a link), or None if absent; ValueError if
-    not a regular file or larger than ``limit``."""
-    try:
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        if os.path.islink(path):
-            raise ValueError("symlink refused") from None
-        raise ValueError(f"cannot open: {e.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError("not a regular file")
-        if st.st_size > limit:
-            raise ValueError(f"larger than {limit} bytes")
-        with open(fd, "rb", closefd=False) as f:
-            data = f.read(limit + 1)
-        if len(data) > limit:
-            raise ValueError(f"larger than {limit} bytes")
-        return data
-    finally:
-        os.close(fd)
 
 
 # ---- signature -----------------------------------------------------------------------------
@@ -97,75 +77,17 @@ def check_signature_step(raw_manifest: bytes, raw_sig: bytes | None, trust, repo
     return report.add("signature", True, who)
 
 
-# ---- files ---------------------------------------------------------------------------
-
-
-def _walk(root: Path, report: _Report) -> set[str]:
-    """Relative paths of regular files under root; links and special files are failures."""
-    found: set[str] = set()
-    stack = [("", root)]
-    while stack:
-        rel, folder = stack.pop()
-        with os.scandir(folder) as it:
-            for entry in it:
-                arc = f"{rel}{entry.name}"
-                if entry.is_symlink():
-                    report.add(f"file:{arc}", False, f"{arc}: link or special file: symlink refused")
-                elif entry.is_dir(follow_symlinks=False):
-                    stack.append((arc + "/", Path(entry.path)))
-                elif entry.is_file(follow_symlinks=False):
-                    found.add(arc)
-                else:
-                    report.add(f"file:{arc}", False, f"{arc}: link or special file: not a regular file")
-    return found
-
-
-def _check_files(root: Path, manifest: dict, report: _Report) -> None:
-    declared = {e["path"]: e for e in manifest["files"]}
-    present = _walk(root, report)
-    allowed = set(declared) | RESERVED  # manifest, sums and signatures
-    for arc in sorted(present - allowed):
-        report.add("unexpected file", False, f"unexpected file: {arc} is not in manifest.json")
-    for arc in sorted(set(declared) - present):
-        if not report.has(f"file:{arc}"):
-            report.add("missing file", False, f"missing file: {arc}")
-    for arc in sorted(set(declared) & present):
-        entry = declared[arc]
-        try:
-            fd = os.open(root / arc, os.O_RDONLY | _NOFOLLOW)
-        except OSError as e:
-            report.add(f"file:{arc}", False, f"{arc}: cannot open: {e.strerror}")
-            continue
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                report.add(f"file:{arc}", False, f"{arc}: not a regular file")
-                continue
-            # size first: a wrong size is reported without reading a byte
-            if st.st_size != entry["size"]:
-                what = "incomplete" if st.st_size < entry["size"] else "larger than declared"
-                report.add(f"file:{arc}", False, f"{arc}: {what}: {st.st_size} bytes, manifest says {entry['size']}")
-                continue
-            read, digest = sha256_fd(fd, entry["size"])
-        finally:
-            os.close(fd)
-        if read != entry["size"]:
-            what = "incomplete" if read < entry["size"] else "larger than declared"
-            report.add(f"file:{arc}", False, f"{arc}: {what}: size changed while reading ({read} bytes)")
-        elif digest != entry["sha256"]:
-            report.add(f"file:{arc}", False, f"{arc}: hash mismatch: expected {entry['sha256']}, actual {digest}")
-        else:
-            report.add(f"file:{arc}", True, f"sha256 {digest}")
+# ---- SHA256SUMS ---------------------------------------------------------------------------
 
 
 def _check_sums(root: Path, manifest: dict, manifest_sha: str, report: _Report) -> None:
     try:
-        raw = _read_small(root / SUMS, MAX_SUMS)
+        raw = read_regular(root / SUMS, MAX_SUMS)
     except ValueError as e:
         report.add(SUMS, False, f"{SUMS}: {e}")
         return
     if raw is None:
-        report.add(SUMS, False, f"missing file: {SUMS}")
+        report.add(SUMS, False, f"{SUMS}: absent (every bundle ships it)")
         return
     listed: dict[str, str] = {}
     for n, line in enumerate(raw.decode("utf-8", "replace").split("\n"), 1):
@@ -193,7 +115,7 @@ def check_gguf_header(path: Path) -> str:
     Returns a summary; raises ConversionError naming the problem."""
     from edgelora.gguf.reader import read_metadata
 
-    meta = read_metadata(path)
+    meta = read_metadata(path, arrays=False)  # arrays are not needed here: counted and skipped
     size = os.path.getsize(path)
     type_sizes = _ggml_type_sizes()
     for name, shape, ttype, offset in meta.tensors:
@@ -218,115 +140,165 @@ def _ggml_type_sizes() -> dict[int, tuple[int, int]]:
     return {int(t): v for t, v in GGML_QUANT_SIZES.items()}
 
 
-# ---- probes ------------------------------------------------------------------------------
+# ---- manifest-level checks -------------------------------------------------------------------
 
 
-def _probe_section(manifest: dict) -> tuple[dict | None, str | None]:
+def probe_plan(manifest: dict) -> tuple[dict[str, list] | None, float, str | None]:
+    """({GGUF path: recorded probes} or None when the manifest records none, tolerance, why
+    the section is malformed). ``probes.model``/``items`` name the default GGUF's probes;
+    ``probes.by_model`` those of every other shipped GGUF."""
+    from edgelora.bundle.probes import MAX_PROBES
+
     section = manifest.get("probes")
     if section is None:
-        return None, None
-    if not isinstance(section, dict) or not isinstance(section.get("items"), list):
-        return None, "probes: expected {model, logit_tolerance, items}"
+        return None, 0.0, None
+    if not isinstance(section, dict) or not isinstance(section.get("items", []), list):
+        return None, 0.0, "probes: expected {model, logit_tolerance, items, by_model}"
     tol = section.get("logit_tolerance")
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < 1e6:
-        return None, "probes.logit_tolerance: missing or not a non-negative number"
-    model = section.get("model")
-    if model not in {e["path"] for e in manifest["files"]} or not str(model).endswith(".gguf"):
-        return None, f"probes.model: {model!r} is not a GGUF listed in the manifest"
-    return section, None
+        return None, 0.0, "probes.logit_tolerance: missing or not a non-negative number"
+    ggufs = {e["path"] for e in manifest["files"] if e["path"].endswith(".gguf")}
+    by_model = section.get("by_model") or {}
+    if not isinstance(by_model, dict):
+        return None, 0.0, "probes.by_model: expected {GGUF path: [probes]}"
+    plan = dict(by_model)
+    if "model" in section or "items" in section:
+        plan[section.get("model")] = section.get("items")
+    for arc, items in plan.items():
+        if arc not in ggufs:
+            return None, 0.0, f"probes: {arc!r} is not a GGUF listed in the manifest"
+        if not isinstance(items, list) or len(items) > MAX_PROBES:
+            return None, 0.0, f"probes for {arc}: expected a list of at most {MAX_PROBES} probes"
+    return plan, float(tol), None
 
 
-def _replay(path: Path, arc: str, section: dict | None, report: _Report, n_threads) -> None:
-    from edgelora.bundle.probes import load_llama, replay_probes
-
+def _accept_manifest(raw: bytes, raw_sig: bytes | None, trust, report: _Report) -> dict | None:
+    """Signature over these exact bytes, then the parser on the same bytes."""
+    if not check_signature_step(raw, raw_sig, trust, report):
+        return None
     try:
-        llm = load_llama(path, n_threads=n_threads)
-    except VerifyError as e:
-        report.add(f"load:{arc}", False, str(e))
+        manifest = parse_manifest(raw)
+    except ValueError as e:
+        report.add("manifest", False, f"invalid manifest: {e}")
+        return None
+    report.data["manifest"] = manifest
+    _, _, why = probe_plan(manifest)
+    if why:
+        report.add("manifest", False, f"invalid manifest: {why}")
+        return None
+    report.add("manifest", True, f"{manifest['name']} {manifest['version']}, {len(manifest['files'])} files")
+    return manifest
+
+
+def _check_gates(manifest: dict, report: _Report, allow_failed_gate: bool) -> None:
+    failed = manifest.get("gates_failed")
+    if not failed:
         return
-    try:
-        report.add(f"load:{arc}", True, f"llama-cpp-python loaded {arc}")
-        if not section or not section["items"]:
-            report.add(f"probes:{arc}", True, "no probes recorded")
-            return
-        results = replay_probes(path, section["items"], logit_tolerance=float(section["logit_tolerance"]), llm=llm)
-    except Exception as e:  # a template or runtime failure in replay is a failed check, not a crash
-        report.add(f"probes:{arc}", False, f"probe replay failed: {type(e).__name__}: {e}")
+    what = "; ".join(str(g) for g in failed[:5]) if isinstance(failed, list) else str(failed)
+    if allow_failed_gate:
+        report.add("gates", True, f"built with --no-gate and its gates FAILED ({what}); accepted by --allow-failed-gate")
+    else:
+        report.add("gates", False, f"built with --no-gate and its gates failed ({what}); "
+                   "pass --allow-failed-gate to accept it anyway")
+
+
+def _check_modelfiles(root: Path, manifest: dict, report: _Report) -> None:
+    """Parse every bundle Modelfile with install's own parser (the GGUFs they name are all
+    loaded and probed below, like every other GGUF in the bundle)."""
+    from edgelora.host.modelfile_parse import from_target, is_bundle_modelfile, read_bundle_modelfile
+
+    files = {e["path"]: e for e in manifest["files"]}
+    for arc in sorted(a for a in files if is_bundle_modelfile(a)):
+        try:
+            target = from_target(arc, read_bundle_modelfile(root, arc, files[arc]), files)
+        except InstallError as e:
+            report.add(f"modelfile:{arc}", False, str(e))
+            continue
+        report.add(f"modelfile:{arc}", True, f"FROM {target}; parsed as install will parse it")
+
+
+# ---- load and probes ---------------------------------------------------------------------------
+
+
+def _model_jobs(root: Path, manifest: dict, report: _Report) -> tuple[list[dict], float] | None:
+    """One load (and replay) per distinct GGUF; every shipped GGUF is covered."""
+    plan, tol, _ = probe_plan(manifest)
+    entries = sorted((e for e in manifest["files"] if e["path"].endswith(".gguf")), key=lambda e: e["path"])
+    jobs, by_hash = [], {}
+    for e in entries:
+        arc = e["path"]
+        if e["sha256"] in by_hash:
+            report.add(f"probes:{arc}", True, f"same bytes as {by_hash[e['sha256']]}, probed there")
+            continue
+        items = None if plan is None else plan.get(arc)
+        if items is None and plan is not None:
+            items = next((plan[a] for a in plan if _file_sha(manifest, a) == e["sha256"]), None)
+        if plan is not None and not items:
+            report.add(f"probes:{arc}", False, f"{arc}: no probes recorded for this GGUF; every shipped GGUF "
+                       "must carry probes, or the model installed may not be the model evaluated")
+            return None
+        by_hash[e["sha256"]] = arc
+        jobs.append({"arc": arc, "path": str(root / arc), "items": items or [], "size": e["size"]})
+    return jobs, tol
+
+
+def _file_sha(manifest: dict, arc: str) -> str | None:
+    return next((e["sha256"] for e in manifest["files"] if e["path"] == arc), None)
+
+
+def _run_models(jobs: list[dict], tol: float, report: _Report, n_threads, limits) -> None:
+    from edgelora.host.sandbox import default_limits, run_model_checks
+
+    if not jobs:
         return
-    finally:
-        llm.close()
-    report.data["probes"] = results
-    report.data["logit_tolerance"] = section["logit_tolerance"]
-    bad = [r for r in results if not r["ok"]]
-    worst = max((r.get("max_abs_logit_delta") or 0.0 for r in results), default=0.0)
-    detail = (f"{len(results) - len(bad)}/{len(results)} probes pass; max |Δlogit| {worst:.3g} "
-              f"(tolerance {section['logit_tolerance']})")
-    if bad:
-        detail += "; moved: " + "; ".join(f"probe {r['index']}: {r['detail']}" for r in bad[:5])
-    report.add(f"probes:{arc}", not bad, detail)
+    if limits is None:
+        limits = default_limits([j["size"] for j in jobs], sum(len(j["items"]) for j in jobs), n_threads)
+    start = time.monotonic()
+    for check in run_model_checks([{k: j[k] for k in ("arc", "path", "items")} for j in jobs],
+                                  logit_tolerance=tol, n_threads=n_threads, limits=limits):
+        if check.get("probes") is not None:
+            report.data["probes"].extend(check["probes"])
+            report.data["logit_tolerance"] = tol
+        report.add(check["name"], bool(check["ok"]), str(check["detail"]))
+    report.data["sandbox_seconds"] = round(time.monotonic() - start, 3)
 
 
 # ---- driver --------------------------------------------------------------------------------
 
 
-def _verify_dir(root: Path, report: _Report, *, run_probes: bool, n_threads, trust) -> None:
-    try:
-        raw = _read_small(root / MANIFEST, MAX_MANIFEST)
-    except ValueError as e:
-        report.add("manifest", False, f"invalid manifest: manifest.json: {e}")
-        return
-    if raw is None:
-        report.add("manifest", False, "invalid manifest: manifest.json missing")
-        return
-    try:
-        raw_sig = _read_small(root / SIGNATURE, 4096)
-    except ValueError as e:
-        report.add("signature", False, f"{SIGNATURE}: {e}")
-        return
-    if not check_signature_step(raw, raw_sig, trust, report):
-        return
-    try:
-        manifest = parse_manifest(raw)
-    except ValueError as e:
-        report.add("manifest", False, f"invalid manifest: {e}")
-        return
-    report.data["manifest"] = manifest
-    section, why = _probe_section(manifest)
-    if why:
-        report.add("manifest", False, f"invalid manifest: {why}")
-        return
-    report.add("manifest", True, f"{manifest['name']} {manifest['version']}, {len(manifest['files'])} files")
-    try:
-        _check_files(root, manifest, report)
-    except OSError as e:
-        raise VerifyError(f"{root}: cannot read the bundle folder: {e}") from e
-    if not report.ok:
-        return
+def _check_copy(root: Path, manifest: dict, report: _Report, *, run_probes: bool, n_threads,
+                allow_failed_gate: bool, limits) -> None:
+    """Every check after the copy: on the private copy only."""
     _check_sums(root, manifest, report.data["manifest_sha256"], report)
     if not report.ok:
         return
-    ggufs = sorted(e["path"] for e in manifest["files"] if e["path"].endswith(".gguf"))
-    for arc in ggufs:
+    for arc in sorted(e["path"] for e in manifest["files"] if e["path"].endswith(".gguf")):
         start = time.monotonic()
         try:
             summary = check_gguf_header(root / arc)
             report.add(f"gguf:{arc}", True, f"{summary} ({time.monotonic() - start:.2f} s)")
         except ConversionError as e:
             report.add(f"gguf:{arc}", False, str(e))
+    if not report.ok:
+        return
+    _check_modelfiles(root, manifest, report)
+    _check_gates(manifest, report, allow_failed_gate)
     if not report.ok or not run_probes:
         return
-    targets = [section["model"]] if section else ggufs[:1]
-    for arc in targets:
-        _replay(root / arc, arc, section, report, n_threads)
+    planned = _model_jobs(root, manifest, report)
+    if planned is not None:
+        _run_models(*planned, report, n_threads, limits)
 
 
-def verify_bundle(path, *, run_probes: bool = True, n_threads=None, trust=None, extract_to=None) -> dict:
+def verify_bundle(path, *, run_probes: bool = True, n_threads=None, trust=None, extract_to=None,
+                  allow_failed_gate: bool = False, limits=None) -> dict:
     """Verify a bundle folder or .tar; returns {ok, checks, probes, manifest, ...}.
 
     ``trust``: a ``.pub`` file, a folder of them, or already loaded keys; when given, an
     unsigned or wrongly signed bundle fails before anything else is parsed.
-    ``extract_to``: for a .tar, an empty folder the caller owns to extract into (the
-    extracted bundle is then ``report["root"]``); by default a temporary folder, removed.
+    ``extract_to``: an empty folder the caller owns for the verified private copy (then kept
+    as ``report["root"]``); by default a temporary folder, removed. ``limits``: the
+    sandbox's ``host.sandbox.Limits`` (default: scaled to the bundle's GGUFs).
     """
     path = Path(path)
     if trust is not None and not isinstance(trust, list):
@@ -334,24 +306,30 @@ def verify_bundle(path, *, run_probes: bool = True, n_threads=None, trust=None, 
 
         trust = load_trust(trust)
     report = _Report(path)
-    if path.is_symlink():
+    try:
+        st = os.lstat(path)
+    except OSError:
+        raise VerifyError(f"{path}: no such bundle folder or .tar file") from None
+    if stat.S_ISLNK(st.st_mode):
         report.add("bundle", False, f"{path}: symlink refused; pass the real folder or file")
         return report.data
-    if path.is_dir():
-        report.data["root"] = str(path)
-        _verify_dir(path, report, run_probes=run_probes, n_threads=n_threads, trust=trust)
-        return report.data
-    if not path.is_file():
-        raise VerifyError(f"{path}: no such bundle folder or .tar file")
+    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+        raise VerifyError(f"{path}: not a bundle folder or .tar file (a FIFO, device or socket is refused)")
 
-    def signature_first(raw_manifest, raw_sig):
-        return check_signature_step(raw_manifest, raw_sig, trust, report)
+    def accept(raw, raw_sig):
+        return _accept_manifest(raw, raw_sig, trust, report)
 
-    def run(tmp: Path):
-        root = extract_bundle_tar(path, tmp, report.add, parse_manifest, check_signature=signature_first)
-        if root is not None:
-            report.data["root"] = str(root)
-            _verify_dir(root, report, run_probes=run_probes, n_threads=n_threads, trust=trust)
+    def run(private: Path):
+        if stat.S_ISDIR(st.st_mode):
+            got = copy_folder(path, private / "bundle", report.add, accept)
+        else:
+            got = extract_bundle_tar(path, private, report.add, accept)
+        if got is None:
+            return
+        root, manifest, _raw = got
+        report.data["root"] = str(root)
+        _check_copy(root, manifest, report, run_probes=run_probes, n_threads=n_threads,
+                    allow_failed_gate=allow_failed_gate, limits=limits)
 
     if extract_to is not None:
         Path(extract_to).mkdir(exist_ok=True)
@@ -361,7 +339,6 @@ def verify_bundle(path, *, run_probes: bool = True, n_threads=None, trust=None, 
             run(Path(tmp))
         report.data.pop("root", None)
     return report.data
-
 
 def first_failure(report: dict) -> str:
     bad = [c for c in report["checks"] if not c["ok"]]

@@ -67,6 +67,17 @@ def _alarm(seconds: float):
         signal.signal(signal.SIGALRM, old)
 
 
+def compile_chat_template(template_text: str):
+    """The template compiled in the sandbox environment (Jinja folds constant expressions
+    here: run untrusted templates in ``host.sandbox``'s limited child)."""
+    import jinja2
+
+    try:
+        return _environment().from_string(template_text)
+    except jinja2.TemplateSyntaxError as e:
+        raise ChatTemplateError(f"chat_template: syntax error line {e.lineno}: {e.message}") from e
+
+
 def render_chat(template_text: str, messages: list[dict], *, add_generation_prompt: bool = True,
                 special_tokens: dict | None = None, max_chars: int = MAX_OUTPUT_CHARS,
                 max_seconds: float = MAX_SECONDS) -> str:
@@ -74,10 +85,7 @@ def render_chat(template_text: str, messages: list[dict], *, add_generation_prom
     import jinja2
     from jinja2.sandbox import SecurityError
 
-    try:
-        template = _environment().from_string(template_text)
-    except jinja2.TemplateSyntaxError as e:
-        raise ChatTemplateError(f"chat_template: syntax error line {e.lineno}: {e.message}") from e
+    template = compile_chat_template(template_text)
     context = dict(special_tokens or {})
     context.update(messages=messages, add_generation_prompt=add_generation_prompt, tools=None, documents=None)
     parts, size, start = [], 0, time.monotonic()

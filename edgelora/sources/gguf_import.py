@@ -209,7 +209,7 @@ def _save_plain(model, out: Path) -> None:
 
 
 def _drop_library_version(path: Path) -> None:
-    """transformers stamps its own version into the JSON it saves; edgelora.sources.lock pins these
+    """transformers stamps its own version into the JSON it saves; edgelora.lock pins these
     files, so the stamp would turn every transformers upgrade into a lock mismatch."""
     if not path.is_file():
         return

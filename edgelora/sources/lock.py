@@ -1,4 +1,4 @@
-"""``edgelora.sources.lock``: the base model pinned file by file.
+"""``edgelora.lock``: the base model pinned file by file.
 
 Format: JSON (the standard library reads and writes it; TOML would need a writer), one
 object with sorted keys so diffs stay small::
@@ -27,7 +27,7 @@ from edgelora.errors import BaseModelError, ConfigError, LockMismatch, NotInCach
 from edgelora.util.files import atomic_write_json, delete_cached
 from edgelora.util.hashing import sha256_file
 
-LOCK_NAME = "edgelora.sources.lock"
+LOCK_NAME = "edgelora.lock"
 LOCK_VERSION = 1
 _ENTRY_KEYS = ("source", "revision", "repo", "name", "files")
 

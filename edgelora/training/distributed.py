@@ -29,11 +29,20 @@ def world_from_env(device: str) -> World:
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World()
+    import torch
     import torch.distributed as dist
 
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    return World(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+        if device.startswith("cuda"):
+            # bind this rank to its GPU before NCCL builds its communicator: otherwise every rank
+            # starts on GPU 0 and the first barrier has to guess the device
+            torch.cuda.set_device(local_rank)
+            os.environ.setdefault("NCCL_NVLS_ENABLE", "0")  # no NVLink multicast on shared hosts
+            dist.init_process_group(backend="nccl", device_id=torch.device("cuda", local_rank))
+        else:
+            dist.init_process_group(backend="gloo")
+    return World(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=local_rank)
 
 
 def all_reduce_sum(values: list[float], device: str, world: World) -> list[float]:

@@ -184,3 +184,71 @@ def write_new_file(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> N
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+
+
+class NotRegularFile(OSError):
+    """The path is a link, FIFO, device or folder: refused before anything could block on it."""
+
+
+def open_regular(path: str | os.PathLike) -> int:
+    """A read-only fd of the regular file at ``path``, never through a link and never blocking:
+    lstat first, then open with O_NOFOLLOW|O_NONBLOCK (a FIFO swapped in between cannot block),
+    then fstat must show the same regular file. FileNotFoundError if absent; NotRegularFile
+    (an OSError) naming the kind otherwise."""
+    import stat
+
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise NotRegularFile(f"{'symlink' if stat.S_ISLNK(st.st_mode) else 'not a regular file'} refused")
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        if os.path.islink(path):
+            raise NotRegularFile("symlink refused") from None
+        raise
+    try:
+        now = os.fstat(fd)
+        if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            raise NotRegularFile("not a regular file (replaced while opening) refused")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_regular(path: str | os.PathLike, limit: int) -> bytes | None:
+    """All bytes of a small regular file, read once; None if absent. ValueError naming the
+    reason for a link, special file, or more than ``limit`` bytes."""
+    try:
+        fd = open_regular(path)
+    except FileNotFoundError:
+        return None
+    except NotRegularFile as e:
+        raise ValueError(str(e)) from None
+    except OSError as e:
+        raise ValueError(f"cannot open: {e.strerror}") from None
+    try:
+        if os.fstat(fd).st_size > limit:
+            raise ValueError(f"larger than {limit} bytes")
+        chunks, total = [], 0
+        while total <= limit:
+            block = os.read(fd, limit + 1 - total)
+            if not block:
+                break
+            chunks.append(block)
+            total += len(block)
+        if total > limit:
+            raise ValueError(f"larger than {limit} bytes")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def free_bytes(folder: str | os.PathLike) -> int:
+    """Bytes an unprivileged writer can still use on ``folder``'s file system."""
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize

@@ -49,18 +49,27 @@ def copy_hashed(src_fd: int, dst_fd: int, expected_size: int) -> tuple[int, str]
     The hash is of the bytes that landed in the destination, so what is installed is what
     was checked, even if the source changes under us. ENOSPC propagates as OSError.
     """
+    with open(src_fd, "rb", buffering=0, closefd=False) as src:
+        return copy_stream_hashed(src, dst_fd, expected_size)
+
+
+def copy_stream_hashed(src, dst_fd: int, expected_size: int) -> tuple[int, str]:
+    """``copy_hashed`` from a readable binary object (``readinto``), e.g. a tar member.
+    Returns (bytes read, sha256 of the bytes written); at most ``expected_size`` are written,
+    so a longer source shows as ``read > expected_size`` with nothing extra on disk."""
     h = hashlib.sha256()
     buf = bytearray(min(BLOCK, expected_size + 1) or 1)
     view = memoryview(buf)
     read, remaining = 0, expected_size + 1
-    with open(src_fd, "rb", buffering=0, closefd=False) as src, open(dst_fd, "wb", buffering=0, closefd=False) as dst:
+    with open(dst_fd, "wb", buffering=0, closefd=False) as dst:
         while remaining > 0:
             n = src.readinto(view[: min(len(buf), remaining)])
             if not n:
                 break
-            chunk = view[:n]
+            # never write past the expected size: one byte more is only read, to detect it
+            chunk = view[:max(0, min(n, expected_size - read))]
             written = 0
-            while written < n:
+            while written < len(chunk):
                 w = dst.write(chunk[written:])
                 if not w:
                     raise OSError(errno.EIO, "short write")

@@ -380,7 +380,8 @@ def test_install_through_ollama_create_when_present(tmp_path, monkeypatch):
     with pytest.raises(InstallError, match="ollama create demo:9.0.0 failed .*unsupported architecture"):
         install_bundle(make_bundle(tmp_path, version="9.0.0", seed=5)["dir"], **QUIET)
     assert [r["version"] for r in list_installed()] == ["1.0.0"]
-    assert uninstall("demo", log=lambda m: None) == ["demo:1.0.0"]
+    assert "cp demo:1.0.0 demo:latest" in (tmp_path / "calls").read_text()  # `ollama run demo` works offline
+    assert uninstall("demo", log=lambda m: None) == ["demo:latest", "demo:1.0.0"]
     assert "rm demo:1.0.0" in (tmp_path / "calls").read_text()
 
 

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from edgelora import api
 from edgelora.cli import cli
-from edgelora.errors import LockMismatch
+from edgelora.errors import BundleError, LockMismatch
 from edgelora.testing.offline import no_network_prefix
 from edgelora.testing.tiny import local_project, project_toml
 
@@ -62,7 +62,25 @@ def test_build_writes_verified_bundle(built):
     assert ("stop", "<|im_end|>") in parse_strict(bundle / "Modelfile")
     with tarfile.open(result["bundle"]["tar"]) as tar:
         assert all(m.isfile() for m in tar.getmembers())
-    assert (proj / "edgelora.sources.lock").is_file()
+    assert (proj / "edgelora.lock").is_file()
+
+
+def test_bundle_is_honest_about_what_ollama_runs(built):
+    """Greedy scores -> temperature 0; num_ctx within the trained context; no build-host paths."""
+    proj, base, result, _ = built
+    bundle = Path(result["bundle"]["dir"])
+    from test_modelfile_rules import parse_strict
+
+    params = dict(parse_strict(bundle / "Modelfile"))
+    trained = json.loads((base / "config.json").read_text())["max_position_embeddings"]
+    assert params["temperature"] in ("0", "0.0") and int(params["num_ctx"]) <= trained
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["decoding"]["evaluated"] == "greedy"
+    assert "gates_failed" not in manifest and "WARNING" not in (bundle / "README.md").read_text()
+    for path in [bundle / "manifest.json", *sorted((bundle / "reports").glob("*.json"))]:
+        text = path.read_text()
+        for host_path in (str(proj), str(base), str(Path.home())):
+            assert host_path not in text, f"{path.name} names the build host's {host_path}"
 
 
 def test_cli_verify_tar_and_tamper(built, tmp_path):
@@ -124,7 +142,10 @@ def test_second_build_with_new_quant_type_skips_training_and_conversion(built):
                                                          'quantize = ["Q8_0", "Q4_0"]\ngate = "report"')
     (proj / "edgelora.toml").write_text(text)
     logs: list[str] = []
-    result = api.build(proj, log=logs.append)
+    # same version, other content: dist/ is not silently overwritten
+    with pytest.raises(BundleError, match="already holds tiny 0.1.0 with different files"):
+        api.build(proj, log=logs.append)
+    result = api.build(proj, log=logs.append, force=["bundle"])
     joined = "\n".join(logs)
     for stage in ("train", "merge", "convert"):
         assert f"{stage}: skipped, inputs and config unchanged" in joined, joined
@@ -132,21 +153,29 @@ def test_second_build_with_new_quant_type_skips_training_and_conversion(built):
     manifest = json.loads((Path(result["bundle"]["dir"]) / "manifest.json").read_text())
     assert "tiny.Q4_0.gguf" in {f["path"] for f in manifest["files"]}
     assert {"reports/quant_quality.md", "reports/quant_quality.json"} <= {f["path"] for f in manifest["files"]}
+    # every shipped GGUF has its Modelfile and its probes, and verify replayed both
+    assert all(t["ok"] for t in manifest["targets"].values()), manifest["targets"]
+    probed = {manifest["probes"]["model"], *manifest["probes"]["by_model"]}
+    assert probed == {"tiny.Q8_0.gguf", "tiny.Q4_0.gguf"}
+    assert all(manifest["probes"]["by_model"].values()) and manifest["probes"]["items"]
+    other = next(iter(manifest["probes"]["by_model"])).split(".")[1]
+    assert f"FROM ./tiny.{other}.gguf" in (Path(result["bundle"]["dir"]) / f"Modelfile.{other}").read_text()
+    assert result["verify_ok"] is True
 
 
 def test_lock_mismatch_is_a_hard_error_with_both_hashes(built):
     proj, base, _, _ = built
-    lock = json.loads((proj / "edgelora.sources.lock").read_text())
+    lock = json.loads((proj / "edgelora.lock").read_text())
     real = lock["base"]["files"]["config.json"]
     lock["base"]["files"]["config.json"] = "0" * 64
-    (proj / "edgelora.sources.lock").write_text(json.dumps(lock))
+    (proj / "edgelora.lock").write_text(json.dumps(lock))
     try:
         with pytest.raises(LockMismatch) as e:
             api.run_stages(proj, ["fetch-base"], log=lambda m: None)
         assert "0" * 64 in str(e.value) and real in str(e.value)
     finally:
         lock["base"]["files"]["config.json"] = real
-        (proj / "edgelora.sources.lock").write_text(json.dumps(lock))
+        (proj / "edgelora.lock").write_text(json.dumps(lock))
 
 
 def test_plan_reports_malformed_line_with_file_and_line(tiny_llama_dir, tmp_path):

@@ -156,7 +156,7 @@ def test_lock_roundtrip_and_mismatch(local_base, tmp_path):
     assert str(e.value) == (f"{cfg}: sha256 expected {out['files']['config.json']}, got {got}")
 
     cfg.unlink()
-    with pytest.raises(BaseModelError, match=r"config.json: missing base file \(pinned in edgelora.sources.lock\)"):
+    with pytest.raises(BaseModelError, match=r"config.json: missing base file \(pinned in edgelora.lock\)"):
         check_lock(project, local_base)
 
 
@@ -201,7 +201,7 @@ def test_gguf_import_gives_a_complete_base(smollm2_dir):
 
 
 def test_gguf_import_is_independent_of_the_transformers_version(smollm2_dir):
-    # edgelora.sources.lock pins these files: a library version stamp would break every lock on upgrade
+    # edgelora.lock pins these files: a library version stamp would break every lock on upgrade
     for name in ("config.json", "generation_config.json"):
         assert "transformers_version" not in json.loads((smollm2_dir / name).read_text()), name
 
