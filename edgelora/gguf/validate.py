@@ -28,6 +28,13 @@ LOGIT_PROMPTS = (
     "Once upon a time, in a small village by the sea, there lived",
     "Q: What is 17 times 23?\nA:",
 )
+# Appended to a probe shorter than the positions asked for (plain prose every tokenizer handles).
+CONTINUATION = (
+    " The morning was quiet, and the river ran slowly past the old mill. Children walked to school"
+    " along the bank, counting boats: one, two, three. At noon the baker opened his shop, and the"
+    " smell of fresh bread drifted over the square, where people stopped to talk about the weather,"
+    " the harvest and the news from the city. In the evening the lamps were lit one by one."
+)
 
 
 def read_back(gguf_path) -> dict:
@@ -85,6 +92,7 @@ def read_back(gguf_path) -> dict:
         "rms_eps": kv.get(f"{arch}.attention.layer_norm_rms_epsilon"),
         "add_bos": kv.get("tokenizer.ggml.add_bos_token"), "problems": problems,
     }
+
 
 
 def hf_tokenizer(tokenizer_dir):
@@ -145,53 +153,43 @@ def _sentencepiece_space_prefix(gguf_path) -> bool:
     return kv.get("tokenizer.ggml.model") == "llama" and bool(kv.get("tokenizer.ggml.add_space_prefix", True))
 
 
-def _hf_model(model_dir, adapter_dir, base_filter=None):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, local_files_only=True)
-    if base_filter is not None:  # the merge base the GGUF was built on (e.g. NF4 round trip)
-        from edgelora.merge.view import MergedView
-        from edgelora.merge.alpha_check import load_view
-
-        with MergedView(model_dir, base_filter=base_filter) as view:
-            load_view(model, view)
-    if adapter_dir is not None:
-        # PEFT is an independent path from MergedView: it also checks the merge itself
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
-    return model.eval()
+def probe_ids(tok, prompt: str, n_tokens: int) -> list[int]:
+    """``prompt``'s ids (with BOS as the tokenizer adds it), extended to ``n_tokens`` with the
+    fixed continuation text: both sides score the same sequence (teacher forcing). A greedy
+    continuation would cost the streamed reference one pass over the weights per token."""
+    ids = list(tok.encode(prompt))[:n_tokens]
+    filler = list(tok.encode(CONTINUATION, add_special_tokens=False))
+    while filler and len(ids) < n_tokens:
+        ids += filler[: n_tokens - len(ids)]
+    return ids
 
 
 def compare_logits(gguf_path, model_dir, adapter_dir=None, prompts=None, n_tokens: int = 64,
                    tokenizer_dir=None, lora_path=None, base_filter=None) -> dict:
     """Ladder step 4: per-position argmax agreement and max |delta logit|, HF fp32 vs llama.cpp.
 
-    Each prompt is extended to ``n_tokens`` with HF's own greedy continuation, then both
-    sides score the same token sequence (teacher forcing).
+    Each prompt is extended to ``n_tokens`` with a fixed continuation, then both sides score
+    the same token sequence. The HF side is :func:`edgelora.merge.streamed_forward.reference_logits`
+    (one module's weights in memory at a time); llama.cpp loads the GGUF once for all prompts.
     """
     import numpy as np
-    import torch
+
+    from edgelora.merge.streamed_forward import reference_logits
 
     tok = hf_tokenizer(tokenizer_dir or model_dir)
-    model = _hf_model(model_dir, adapter_dir, base_filter)
+    prompts = list(prompts or LOGIT_PROMPTS)
+    sequences = [probe_ids(tok, prompt, n_tokens) for prompt in prompts]
+    # adapter_dir: PEFT is an independent path from MergedView: it also checks the merge itself
+    reference = reference_logits(model_dir, sequences, adapter_dir=adapter_dir, base_filter=base_filter)
     # lora_path: a LoRA GGUF sidecar applied on top of gguf_path (compared with the PEFT model)
-    llm = open_llama(gguf_path, n_ctx=512, n_batch=512, logits_all=True,
+    llm = open_llama(gguf_path, n_ctx=max(512, n_tokens), n_batch=max(512, n_tokens), logits_all=True,
                      **({"lora_path": str(lora_path)} if lora_path else {}))
     per_prompt = []
     agree = total = 0
     max_delta = 0.0
     try:
-        for prompt in prompts or LOGIT_PROMPTS:
-            ids = tok.encode(prompt)[:n_tokens]
-            with torch.no_grad():
-                if len(ids) < n_tokens:
-                    out = model.generate(torch.tensor([ids]), max_new_tokens=n_tokens - len(ids), do_sample=False,
-                                         min_new_tokens=n_tokens - len(ids), pad_token_id=tok.pad_token_id
-                                         if tok.pad_token_id is not None else 0)
-                    ids = out[0].tolist()[:n_tokens]
-                hf = model(torch.tensor([ids])).logits[0].float().numpy()
+        for prompt, ids, hf in zip(prompts, sequences, reference.logits):
+            hf = hf.numpy()
             llm.reset()
             llm.eval(ids)
             cpp = np.array(llm.scores[: len(ids), :], dtype=np.float32)
@@ -210,7 +208,7 @@ def compare_logits(gguf_path, model_dir, adapter_dir=None, prompts=None, n_token
     finally:
         del llm
     return {"top1_agreement": agree / max(total, 1), "max_abs_delta": max_delta, "positions": total,
-            "prompts": per_prompt}
+            "prompts": per_prompt, "reference": reference.describe()}
 
 
 def validate(gguf_path, model_dir, adapter_dir=None, min_top1: float = 0.98, *, tokenizer_dir=None,

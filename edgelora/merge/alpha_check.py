@@ -76,18 +76,15 @@ def encode_prompts(tokenizer, prompts) -> list[list[int]]:
     return out
 
 
-def probe_batches_and_base(base_dir: Path, adapter_dir: Path, prompts, max_prompt_tokens: int, purpose: str):
-    """(token id lists of the probe prompts, the float32 HF base model in eval mode)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def probe_batches(base_dir: Path, adapter_dir: Path, prompts, max_prompt_tokens: int, purpose: str):
+    """Token id lists of the chat-templated probe prompts (the last ``max_prompt_tokens`` each)."""
+    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(base_dir), local_files_only=True)
     batches = [ids[-max_prompt_tokens:] for ids in encode_prompts(tok, prompts) if ids]
     if not batches:
         raise FidelityError(f"{adapter_dir}: {purpose} needs at least one non-empty probe prompt")
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32, local_files_only=True)
-    model.eval()
-    return batches, model
+    return batches
 
 
 def alpha_check(base_dir, adapter_dir, prompts, *, tolerance: float = 1e-2, min_top1: float = 1.0,
@@ -98,34 +95,27 @@ def alpha_check(base_dir, adapter_dir, prompts, *, tolerance: float = 1e-2, min_
     Top-1 agreement counts a position as agreeing when both argmaxes match or the merged
     model's logit at PEFT's argmax is within ``tolerance`` of its maximum (an exact tie).
     Raises FidelityError beyond either bound. ``view`` lets a caller pass a MergedView
-    (tests corrupt one to prove the check fails).
+    (tests corrupt one to prove the check fails). Both sides run streamed, one module's
+    weights in memory at a time (:mod:`edgelora.merge.streamed_forward`).
     """
     import torch
-    from peft import PeftModel
 
     from edgelora.merge.view import MergedView
+    from edgelora.merge.streamed_forward import reference_logits
 
     base_dir, adapter_dir = Path(base_dir), Path(adapter_dir)
-    batches, model = probe_batches_and_base(base_dir, adapter_dir, prompts, max_prompt_tokens, "alpha check")
-    if base_filter is not None:  # e.g. the NF4 merge base: PEFT attaches to the same base
-        with MergedView(base_dir, base_filter=base_filter) as base_view:
-            load_view(model, base_view)
-    peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
-    peft_model.eval()
-    with torch.no_grad():
-        ref = [peft_model(torch.tensor([ids])).logits[0] for ids in batches]
-    # Drop the LoRA layers (base weights untouched), then load the view's merged tensors:
-    # one model in memory, not two.
-    model = peft_model.unload()
+    batches = probe_batches(base_dir, adapter_dir, prompts, max_prompt_tokens, "alpha check")
+    # base_filter (e.g. the NF4 merge base): PEFT attaches to the same base
+    reference = reference_logits(base_dir, batches, adapter_dir=adapter_dir, base_filter=base_filter)
+    ref = reference.logits
     own_view = view is None
     view = view or MergedView(base_dir, adapter_dir, base_filter=base_filter)
     try:
-        load_view(model, view)
+        merged = reference_logits(base_dir, batches, view=view)
     finally:
         if own_view:
             view.close()
-    with torch.no_grad():
-        got = [model(torch.tensor([ids])).logits[0] for ids in batches]
+    got = merged.logits
 
     max_abs, sum_abs, n_vals, agree, positions = 0.0, 0.0, 0, 0, 0
     for r, g in zip(ref, got):
@@ -141,32 +131,14 @@ def alpha_check(base_dir, adapter_dir, prompts, *, tolerance: float = 1e-2, min_
     report = {"prompts": len(batches), "positions": positions, "max_abs_diff": max_abs,
               "mean_abs_diff": sum_abs / max(n_vals, 1), "top1_agreement": agree / max(positions, 1),
               "tolerance": tolerance, "min_top1": min_top1,
-              "max_abs_logit": max(r.abs().max().item() for r in ref)}
+              "max_abs_logit": max(r.abs().max().item() for r in ref),
+              "reference": reference.describe(), "merged": merged.describe()}
     if not (max_abs <= tolerance and report["top1_agreement"] >= min_top1):
         raise FidelityError(
             f"alpha check {adapter_dir}: merged vs adapter-attached logits differ: max |Δ| "
             f"{max_abs:.4g} (limit {tolerance:g}), mean |Δ| {report['mean_abs_diff']:.3g}, top-1 "
             f"agreement {report['top1_agreement']:.4f} (min {min_top1:g}) over {positions} positions")
     return report
-
-
-def load_view(model, view) -> None:
-    import torch
-
-    params = dict(model.named_parameters())
-    params.update(dict(model.named_buffers()))
-    names = view.names()
-    if "lm_head.weight" in names and getattr(model.config, "tie_word_embeddings", False):
-        # modules_to_save=["lm_head"] untied it: give lm_head its own parameter.
-        model.config.tie_word_embeddings = False
-        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
-        params["lm_head.weight"] = model.lm_head.weight
-    missing = [n for n in names if n not in params]
-    if missing:
-        raise FidelityError(f"alpha check: model has no parameter for view tensor {missing[0]}")
-    with torch.no_grad():
-        for n in names:
-            params[n].copy_(view.get(n).to(params[n].dtype))
 
 
 # -- writing merged safetensors -------------------------------------------------------

@@ -38,13 +38,6 @@ def base_filter_for(choice: str, nf4=None):
     return (nf4 or Nf4Base()) if choice == "nf4" else None
 
 
-def _logits(model, batches):
-    import torch
-
-    with torch.no_grad():
-        return [model(torch.tensor([ids])).logits[0] for ids in batches]
-
-
 def _distance(ref, got) -> dict:
     max_abs, sum_abs, n, agree, positions = 0.0, 0.0, 0, 0, 0
     for r, g in zip(ref, got):
@@ -62,27 +55,20 @@ def measure_merge_bases(base_dir, adapter_dir, prompts, *, reference: str = "nf4
                         max_prompt_tokens: int = 256) -> dict:
     """Logit distance of the bf16-merged and the NF4-merged model to the reference model
     (``reference`` = "nf4": adapter on the NF4 round-tripped base; "bf16": on the original)."""
-    from peft import PeftModel
-
     from edgelora.merge.view import MergedView
-    from edgelora.merge.alpha_check import load_view, probe_batches_and_base
+    from edgelora.merge.alpha_check import probe_batches
     from edgelora.merge.nf4 import Nf4Base
+    from edgelora.merge.streamed_forward import reference_logits
 
     nf4 = nf4 or Nf4Base()
     base_dir, adapter_dir = Path(base_dir), Path(adapter_dir)
-    batches, model = probe_batches_and_base(base_dir, adapter_dir, prompts, max_prompt_tokens,
-                                            "comparing merge bases")
-    if reference == "nf4":
-        with MergedView(base_dir, base_filter=nf4) as view:
-            load_view(model, view)
-    peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False).eval()
-    ref = _logits(peft_model, batches)
-    model = peft_model.unload()
+    batches = probe_batches(base_dir, adapter_dir, prompts, max_prompt_tokens, "comparing merge bases")
+    ref = reference_logits(base_dir, batches, adapter_dir=adapter_dir,
+                           base_filter=nf4 if reference == "nf4" else None).logits
     candidates = {}
     for choice in ("bf16", "nf4"):
         with MergedView(base_dir, adapter_dir, base_filter=base_filter_for(choice, nf4)) as view:
-            load_view(model, view)
-        candidates[choice] = _distance(ref, _logits(model, batches))
+            candidates[choice] = _distance(ref, reference_logits(base_dir, batches, view=view).logits)
     closer = min(("bf16", "nf4"), key=lambda c: candidates[c]["mean_abs_diff"])  # ties keep bf16
     return {"reference": f"PEFT adapter on the {'NF4 round-tripped' if reference == 'nf4' else 'original'} base",
             "nf4": nf4.describe(), "prompts": len(batches), "candidates": candidates, "closer": closer}

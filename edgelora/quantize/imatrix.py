@@ -48,10 +48,10 @@ def _merged_model(model_dir, adapter_dir):
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, local_files_only=True)
     if adapter_dir is not None:
         from edgelora.merge.view import MergedView
-        from edgelora.merge.alpha_check import load_view
+        from edgelora.merge.streamed_forward import load_view_tensors
 
         with MergedView(model_dir, adapter_dir) as view:
-            load_view(model, view)
+            load_view_tensors(model, view)
     return model.eval()
 
 
@@ -66,14 +66,13 @@ def compute_imatrix(model_dir, token_batches: list[list[int]], *, adapter_dir=No
     import torch
 
     from edgelora.gguf.architectures import find_architecture
-    from edgelora.gguf.builtin import builtin_architectures
 
     model_dir = Path(model_dir)
     batches = [ids for ids in token_batches if ids]
     if not batches:
         raise QuantizeError("importance matrix: no calibration tokens")
     config = json.loads((model_dir / "config.json").read_text())
-    arch = find_architecture(config, architectures or builtin_architectures())
+    arch = find_architecture(config, architectures)
     text_config = arch.text_config(config)
     t0 = time.monotonic()
     model = _merged_model(model_dir, adapter_dir)
