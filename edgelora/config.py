@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from edgelora.data.rehearsal import DEFAULTS as REHEARSAL_DEFAULTS
 from edgelora.errors import ConfigError
 
 CONFIG_NAME = "edgelora.toml"
@@ -50,6 +51,9 @@ class DataConfig:
     probes: str = _f("", "Optional JSONL of differently phrased conversations, scored like held-out.")
     mix: list = _f([], "General instruction data mixed into training against forgetting: "
                    "[{path = \"data/general.jsonl\", ratio = 0.1}] adds round(ratio * train examples) of it, seeded.")
+    rehearsal: dict = _f(dict(REHEARSAL_DEFAULTS), "Forgetting guard for chat fine-tunes: the base answers edgelora's general prompts "
+                         "itself (greedy, offline) and round(ratio * train examples) of those conversations are "
+                         "mixed in; {ratio = 0} turns it off, max_tokens caps each answer.")
     max_seq_length: int = _f(0, "Tokens per example (0: fit the data: the longest example rounded up to a multiple of "
                              "64, capped by the model's context). Longer examples are truncated.")
     allow_truncation: bool = _f(False, "Build even when more than 5% of examples are truncated or some lose every "
@@ -384,6 +388,9 @@ def problems(cfg: Config) -> list[str]:
 
     out.extend(eval_problems(cfg))
     out.extend(mix_problems(cfg.data.mix))
+    from edgelora.data.rehearsal import rehearsal_problems
+
+    out.extend(rehearsal_problems(cfg.data.rehearsal))
     return [locate(p, cfg.lines) for p in out]
 
 

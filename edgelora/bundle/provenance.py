@@ -110,6 +110,7 @@ def headline_scores(eval_report: dict) -> list[str]:
 def bundle_readme(ctx, extra: dict) -> str:
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+    from edgelora.data.rehearsal import forgetting_guard_text
     from edgelora.util.resources import templates_dir
 
     env = Environment(loader=FileSystemLoader(str(templates_dir())), undefined=StrictUndefined,
@@ -120,4 +121,6 @@ def bundle_readme(ctx, extra: dict) -> str:
         model=extra["ollama"]["model"], ggufs=sorted(ctx.need(A.QUANTIZED)),
         scores=headline_scores(ctx.need(A.EVAL_REPORT)), base=extra["provenance"]["base"],
         dataset_sha256=extra["provenance"]["dataset"]["sha256"], gates_failed=extra.get("gates_failed"),
-        toolkit=cfg.bundle.toolkit, model_sig=bool(cfg.bundle.model_signing_key))
+        toolkit=cfg.bundle.toolkit, model_sig=bool(cfg.bundle.model_signing_key),
+        forgetting_guard=forgetting_guard_text(cfg, (extra["provenance"]["dataset"]["report"].get("rehearsal")
+                                                     or {}).get("added")))

@@ -4,6 +4,7 @@ later stages take from its output."""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 from edgelora import artifacts as A
@@ -67,6 +68,10 @@ def prepare_data(ctx) -> dict:
     d = ctx.config.data
     sets = assemble_examples(ctx.config)
     train, heldout, probes, exact, near = (sets[k] for k in ("train", "heldout", "probes", "exact", "near"))
+    rehearsal, rehearsal_report = _rehearsal(ctx, sets["task_train"])
+    if rehearsal:
+        train = train + rehearsal
+        random.Random(f"rehearsal-mix:{d.seed}").shuffle(train)
     base_dir = ctx.need(A.BASE)["path"]
     tok = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
     fit = fit_data(tok, {"train": train, "heldout": heldout}, d.max_seq_length, base_context(base_dir))
@@ -82,6 +87,10 @@ def prepare_data(ctx) -> dict:
                    "heldout_without_trained_tokens": held["without_trained_tokens"],
                    "probes": len(probes), "max_seq_length": fit["max_seq_length"],
                    "max_seq_length_auto": fit["auto"], "longest_example": fit["longest"]})
+    if rehearsal_report:
+        report["rehearsal"] = rehearsal_report
+        ctx.log(f"  rehearsal: mixed in {rehearsal_report['added']} of the base's own answers to general prompts "
+                f"(ratio {rehearsal_report['ratio']:g}, sha256 {rehearsal_report.get('sha256', '-')[:12]})")
     if sets["mixed"]:
         report["mix"] = sets["mixed"]
         ctx.log("  mixed in " + ", ".join(f"{m['added']} examples from {m['path']}" for m in sets["mixed"]))
@@ -98,6 +107,15 @@ def prepare_data(ctx) -> dict:
             f"{held['truncated']} held-out")
     return {A.DATASET: {**files, "report_path": str((out / "data_report.json").resolve()),
                         "sha256": dataset_digest(sets["paths"]), "report": report}}
+
+
+def _rehearsal(ctx, train: list[dict]) -> tuple[list[dict], dict | None]:
+    """The base's own answers to edgelora's general prompts, to mix in ([data] rehearsal)."""
+    from edgelora.data.rehearsal import rehearsal_examples
+
+    d = ctx.config.data
+    return rehearsal_examples(train, d.rehearsal, base_gguf=ctx.need(A.BASE_GGUF), seed=d.seed,
+                              cache_dir=ctx.work_dir / "rehearsal", log=ctx.log)
 
 
 def probe_prompts(ctx, n: int = 4) -> list[list[dict]]:

@@ -66,6 +66,11 @@ def collect_problems(ctx, problems: list[str] | None = None) -> tuple[dict, list
     from edgelora.bundle.targets import select_targets
 
     targets = _check(problems, select_targets, ctx.registry, cfg.export.targets)
+    from edgelora.data.rehearsal import forgetting_guard_text
+
+    guard = forgetting_guard_text(cfg)
+    if guard:
+        summary["forgetting_guard"] = guard
     summary["stages"] = list(ctx.registry.stages)
     if targets is not None:
         summary["targets"] = (", ".join(targets) or "none") + (
