@@ -44,7 +44,7 @@ def test_force_names_a_stage(tmp_path):
     from edgelora import api
     from edgelora.errors import UsageError
 
-    with pytest.raises(UsageError, match=r"--force bogus: no such stage \(stages: fetch-base, prepare-data, "):
+    with pytest.raises(UsageError, match=r"--force bogus: no such stage \(stages: fetch-base, convert-base, prepare-data, "):
         api.run_stages(tmp_path, ["fetch-base"], force=["bogus"], log=lambda m: None)
     result = CliRunner().invoke(cli, ["train", str(tmp_path), "--force", "--debug"])
     assert "no such stage" not in result.output  # train's own --force is a flag

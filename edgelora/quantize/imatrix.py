@@ -66,13 +66,14 @@ def compute_imatrix(model_dir, token_batches: list[list[int]], *, adapter_dir=No
     import torch
 
     from edgelora.gguf.architectures import find_architecture
+    from edgelora.gguf.builtin import builtin_architectures
 
     model_dir = Path(model_dir)
     batches = [ids for ids in token_batches if ids]
     if not batches:
         raise QuantizeError("importance matrix: no calibration tokens")
     config = json.loads((model_dir / "config.json").read_text())
-    arch = find_architecture(config, architectures)
+    arch = find_architecture(config, architectures or builtin_architectures())
     text_config = arch.text_config(config)
     t0 = time.monotonic()
     model = _merged_model(model_dir, adapter_dir)

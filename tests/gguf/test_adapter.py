@@ -110,7 +110,7 @@ def test_cli_convert_adapter_only(tiny_llama_dir, patterned_adapter, tmp_path):
 
     out = tmp_path / "cli-adapter.gguf"
     result = CliRunner().invoke(cli, ["convert", str(tiny_llama_dir), "--adapter", str(patterned_adapter),
-                                      "--adapter-only", "--no-validate", "-o", str(out)])
+                                      "--adapter-only", "--no-validate", "-o", str(out), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout[result.stdout.index("{"):])
     assert report["type"] == "lora-adapter" and report["outtype"] == "f16"

@@ -111,7 +111,8 @@ def test_readme_banner_for_failed_gates():
 
     env = Environment(loader=FileSystemLoader(str(templates_dir())), undefined=StrictUndefined)
     args = dict(name="demo", version="1", model="demo:1", ggufs=["Q8_0", "Q4_0"], scores=[], base={"source": "x",
-                "revision": "r", "files": {}}, dataset_sha256="0" * 64, toolkit=False, model_sig=False)
+                "revision": "r", "files": {}}, dataset_sha256="0" * 64, toolkit=False, model_sig=False,
+                forgetting_guard=None)
     text = env.get_template("bundle_README.md.j2").render(**args, gates_failed=GATES["gates_failed"])
     head = [ln for ln in text.splitlines() if ln.strip()][:2]
     assert head[1].startswith("> **WARNING: this bundle was built with `--no-gate`"), head

@@ -139,7 +139,7 @@ def test_out_of_memory_splits_micro_batches_with_the_same_result(tiny_llama_dir,
 
     args = {**ARGS, "max_steps": 2, "eval_examples": [], "packing": False, "dropout": 0.0}  # same masks either way
     ref = train_lora(base_dir=tiny_llama_dir, out_dir=tmp_path / "ref", **train_args(args))
-    real = train_mod._loss_sum
+    real = train_mod.loss_sum_of
 
     def fits_two_rows(model, batch, plain_head, fused=False):
         if batch["input_ids"].shape[0] > 2:

@@ -28,8 +28,12 @@ class TestLlamacppServerContract(TargetContract):
         script = files["llamacpp-server/launch.sh"].read_text()
         assert "-m llama_cpp.server" in script
         assert '--model "$BUNDLE/tiny.Q8_0.gguf"' in script and (build.bundle_dir / "tiny.Q8_0.gguf").is_file()
-        assert "--n_ctx 2048" in script, "n_ctx comes from the project (the Modelfile's num_ctx)"
-        assert "PARAMETER num_ctx 2048" in (build.bundle_dir / "Modelfile").read_text()
+        import re
+
+        modelfile = (build.bundle_dir / "Modelfile").read_text()
+        n_ctx = re.search(r"^PARAMETER num_ctx (\d+)$", modelfile, re.MULTILINE).group(1)
+        assert f"--n_ctx {n_ctx}\n" in script or f"--n_ctx {n_ctx} " in script, \
+            "n_ctx comes from the project (the Modelfile's num_ctx)"
         unit = files["llamacpp-server/edgelora-tiny.service"].read_text()
         assert "ExecStart=/bin/sh /opt/edgelora/tiny-0.1.0/llamacpp-server/launch.sh" in unit
         assert "[Install]" in unit
