@@ -105,3 +105,15 @@ def make_tiny_gguf(path: Path) -> Path:
     w.close()
     return path
 
+
+def fake_ollama(tmp_path, monkeypatch, script: str):
+    """Put ``script`` on PATH as the ``ollama`` CLI; its calls are logged to tmp_path/calls."""
+    import os
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "ollama").write_text(script)
+    (bindir / "ollama").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    monkeypatch.setenv("OLLAMA_LOG", str(tmp_path / "calls"))
+    return tmp_path / "calls"

@@ -15,21 +15,30 @@ import os
 BLOCK = 8 << 20
 
 
+def _bounded_blocks(src, expected_size: int):
+    """Blocks read from ``src`` (``readinto``) into one reused buffer, at most ``expected_size + 1``
+    bytes in all: the one byte more shows a source longer than expected without reading it to
+    its end. Each block is a view valid until the next one is read."""
+    buf = bytearray(min(BLOCK, expected_size + 1) or 1)
+    view = memoryview(buf)
+    remaining = expected_size + 1
+    while remaining > 0:
+        n = src.readinto(view[: min(len(buf), remaining)])
+        if not n:
+            return
+        remaining -= n
+        yield view[:n]
+
+
 def sha256_fd(fd: int, expected_size: int) -> tuple[int, str]:
     """(bytes read, sha256 hex) of an open file from its current offset, reading at most
     ``expected_size + 1`` bytes."""
     h = hashlib.sha256()
-    buf = bytearray(min(BLOCK, expected_size + 1) or 1)
-    view = memoryview(buf)
-    read, remaining = 0, expected_size + 1
+    read = 0
     with open(fd, "rb", buffering=0, closefd=False) as f:
-        while remaining > 0:
-            n = f.readinto(view[: min(len(buf), remaining)])
-            if not n:
-                break
-            h.update(view[:n])
-            read += n
-            remaining -= n
+        for block in _bounded_blocks(f, expected_size):
+            h.update(block)
+            read += len(block)
     return read, h.hexdigest()
 
 
@@ -58,16 +67,11 @@ def copy_stream_hashed(src, dst_fd: int, expected_size: int) -> tuple[int, str]:
     Returns (bytes read, sha256 of the bytes written); at most ``expected_size`` are written,
     so a longer source shows as ``read > expected_size`` with nothing extra on disk."""
     h = hashlib.sha256()
-    buf = bytearray(min(BLOCK, expected_size + 1) or 1)
-    view = memoryview(buf)
-    read, remaining = 0, expected_size + 1
+    read = 0
     with open(dst_fd, "wb", buffering=0, closefd=False) as dst:
-        while remaining > 0:
-            n = src.readinto(view[: min(len(buf), remaining)])
-            if not n:
-                break
+        for block in _bounded_blocks(src, expected_size):
             # never write past the expected size: one byte more is only read, to detect it
-            chunk = view[:max(0, min(n, expected_size - read))]
+            chunk = block[:max(0, min(len(block), expected_size - read))]
             written = 0
             while written < len(chunk):
                 w = dst.write(chunk[written:])
@@ -75,6 +79,5 @@ def copy_stream_hashed(src, dst_fd: int, expected_size: int) -> tuple[int, str]:
                     raise OSError(errno.EIO, "short write")
                 written += w
             h.update(chunk)
-            read += n
-            remaining -= n
+            read += len(block)
     return read, h.hexdigest()

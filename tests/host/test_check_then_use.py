@@ -23,6 +23,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bundle_fixtures import MODELFILE, assert_store_consistent, make_bundle, make_gguf  # noqa: E402
+from bundle_fixtures import fake_ollama
 
 from edgelora.bundle.layout import sums_text  # noqa: E402
 from edgelora.errors import InstallError, VerifyError  # noqa: E402
@@ -199,12 +200,7 @@ exit 0
 
 
 def test_ollama_create_runs_on_the_private_verified_copy(tmp_path, monkeypatch):
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "ollama").write_text(FAKE_OLLAMA)
-    (bindir / "ollama").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
-    monkeypatch.setenv("OLLAMA_LOG", str(tmp_path / "calls"))
+    fake_ollama(tmp_path, monkeypatch, FAKE_OLLAMA)
     b = make_bundle(tmp_path)
     gguf_sha = next(e["sha256"] for e in b["manifest"]["files"] if e["path"].endswith(".gguf"))
     monkeypatch.setattr(installer, "_checkpoint",

@@ -23,6 +23,7 @@ from edgelora.host.install import install_bundle, list_installed, uninstall
 from edgelora.host.store import Store
 
 from bundle_fixtures import assert_store_consistent, make_bundle, store_state
+from bundle_fixtures import fake_ollama
 
 REPO = Path(__file__).resolve().parents[2]
 QUIET = dict(run_probes=False, log=lambda m: None)
@@ -365,12 +366,7 @@ exit 0
 
 
 def test_install_through_ollama_create_when_present(tmp_path, monkeypatch):
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "ollama").write_text(FAKE_OLLAMA)
-    (bindir / "ollama").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
-    monkeypatch.setenv("OLLAMA_LOG", str(tmp_path / "calls"))
+    fake_ollama(tmp_path, monkeypatch, FAKE_OLLAMA)
     b = make_bundle(tmp_path)
     result = install_bundle(b["tar"], **QUIET)
     assert result["via"] == "ollama create"
